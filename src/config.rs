@@ -1,0 +1,408 @@
+//! The command line (clap, every flag with an environment variable) and the
+//! validated configuration it produces, before any port is bound.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::clock::{Clock, SystemClock};
+use crate::keys::fetch::{check_key_url, is_loopback_host};
+use crate::keys::jwk::{Algorithm, AlgorithmSet};
+use crate::keys::{KeySource, RefreshSettings};
+use crate::verify::{Policy, TokenKind, TokenKinds};
+
+/// Largest accepted clock skew.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
+/// Least time allowed between unknown-kid refetches.
+pub const MIN_UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(1);
+
+/// clerk-introspect: verifies Clerk session tokens centrally, over gRPC and
+/// as an Envoy ext_authz server, before they reach Supabase.
+#[derive(Debug, Parser)]
+#[command(name = "clerk-introspect", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the gRPC server (TokenIntrospection, health, reflection, Envoy ext_authz).
+    Serve(Box<ServeArgs>),
+    /// Run a self-contained demo: a local test issuer, the server, and a few tokens verified through gRPC. No network or Clerk account needed.
+    Demo(DemoArgs),
+}
+
+/// Flags of `serve`. Every flag also reads the environment variable shown;
+/// a flag on the command line wins.
+#[derive(Debug, Clone, Args)]
+#[deny(missing_docs)]
+pub struct ServeArgs {
+    /// gRPC listen address.
+    #[arg(long, env = "INTROSPECT_LISTEN", default_value = "0.0.0.0:50051", value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// A trusted issuer (repeatable), e.g. https://clerk.example.com. Keys come from URL/.well-known/openid-configuration → jwks_uri. https is required except on a loopback host.
+    #[arg(long = "issuer", env = "CLERK_ISSUER", value_delimiter = ',', value_name = "URL")]
+    pub issuers: Vec<String>,
+
+    /// Allowed azp values (repeatable). Default: azp not checked.
+    #[arg(long = "authorized-party", env = "CLERK_AUTHORIZED_PARTIES", value_delimiter = ',', value_name = "ORIGIN")]
+    pub authorized_parties: Vec<String>,
+
+    /// Audiences (repeatable): one of them must be in aud. Default: aud not checked.
+    #[arg(long = "audience", env = "CLERK_AUDIENCES", value_delimiter = ',', value_name = "AUD")]
+    pub audiences: Vec<String>,
+
+    /// Allowed values of the role claim (repeatable).
+    #[arg(
+        long = "role",
+        env = "INTROSPECT_ROLES",
+        value_delimiter = ',',
+        default_value = "authenticated",
+        value_name = "ROLE"
+    )]
+    pub roles: Vec<String>,
+
+    /// Leeway for exp, nbf and iat, in seconds.
+    #[arg(long, env = "INTROSPECT_CLOCK_SKEW", default_value_t = 5, value_name = "SECONDS")]
+    pub clock_skew: u64,
+
+    /// Require an azp claim (Clerk omits it on tokens minted without an Origin header).
+    #[arg(long, env = "INTROSPECT_REQUIRE_AZP")]
+    pub require_azp: bool,
+
+    /// Allowed signature algorithms (repeatable). Default: RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA. HS* and none can never be allowed.
+    #[arg(long = "algorithm", env = "INTROSPECT_ALGORITHMS", value_delimiter = ',', value_name = "ALG")]
+    pub algorithms: Vec<Algorithm>,
+
+    /// Also accept tokens of this kind besides session tokens (repeatable): jwt-template, machine, oauth.
+    #[arg(
+        long = "accept-token-kind",
+        env = "INTROSPECT_ACCEPT_TOKEN_KINDS",
+        value_delimiter = ',',
+        value_name = "KIND"
+    )]
+    pub accept_token_kinds: Vec<TokenKind>,
+
+    /// Accept pending sessions (sts "pending"), which Clerk treats as signed out.
+    #[arg(long, env = "INTROSPECT_ACCEPT_PENDING_SESSIONS")]
+    pub accept_pending_sessions: bool,
+
+    /// Interval between key refreshes when the JWKS has no Cache-Control max-age (which is used instead, clamped to 1 min..1 h).
+    #[arg(long, env = "INTROSPECT_REFRESH_INTERVAL", default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub refresh_interval: Duration,
+
+    /// Least time between two refetches triggered by an unknown kid, per issuer.
+    #[arg(long, env = "INTROSPECT_UNKNOWN_KID_COOLDOWN", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub unknown_kid_cooldown: Duration,
+
+    /// How long the last good keys stay in use while refreshes fail; past it the issuer has no keys (UNAVAILABLE, NOT_SERVING).
+    #[arg(long, env = "INTROSPECT_MAX_KEY_STALENESS", default_value = "24h", value_parser = parse_duration, value_name = "DURATION")]
+    pub max_key_staleness: Duration,
+
+    /// Longest wait for in-flight calls after SIGTERM before the process exits anyway.
+    #[arg(long, env = "INTROSPECT_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
+    pub shutdown_grace: Duration,
+}
+
+/// Flags of `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// gRPC listen address of the demo server (loopback by default).
+    #[arg(long, env = "INTROSPECT_LISTEN", default_value = "127.0.0.1:50051", value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// Print the table and exit instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub once: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m, 24h)"))
+}
+
+/// A configuration problem: one line that names the flag and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag}: {problem}")]
+pub struct ConfigError {
+    /// The flag (or config key) at fault, e.g. `--issuer`.
+    pub flag: String,
+    /// What is wrong and how to fix it.
+    pub problem: String,
+}
+
+impl ConfigError {
+    /// A problem with `flag`.
+    pub fn new(flag: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self { flag: flag.into(), problem: problem.into() }
+    }
+}
+
+/// One trusted issuer: where its keys come from, its policy, its timing.
+#[derive(Clone, Debug)]
+pub struct IssuerConfig {
+    /// The issuer identifier, compared exactly with `iss`.
+    pub issuer: String,
+    /// Where its keys come from.
+    pub source: KeySource,
+    /// What its tokens must satisfy.
+    pub policy: Policy,
+    /// Refresh timing.
+    pub refresh: RefreshSettings,
+}
+
+impl IssuerConfig {
+    /// An issuer with discovery, the default policy and default timing.
+    pub fn new(issuer: impl Into<String>) -> Self {
+        Self {
+            issuer: issuer.into(),
+            source: KeySource::Discovery,
+            policy: Policy::default(),
+            refresh: RefreshSettings::default(),
+        }
+    }
+}
+
+/// Everything `serve` needs, validated.
+#[derive(Clone)]
+pub struct Config {
+    /// Trusted issuers.
+    pub issuers: Vec<IssuerConfig>,
+    /// Longest drain after shutdown starts.
+    pub shutdown_grace: Duration,
+    /// The clock (injected by tests).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("issuers", &self.issuers)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// A configuration trusting `issuers`, with defaults elsewhere.
+    pub fn new(issuers: Vec<IssuerConfig>) -> Self {
+        Self { issuers, shutdown_grace: Duration::from_secs(20), clock: Arc::new(SystemClock) }
+    }
+
+    /// Builds and validates the configuration from `serve`'s flags.
+    pub fn from_args(args: &ServeArgs) -> Result<Config, ConfigError> {
+        if args.issuers.is_empty() {
+            return Err(ConfigError::new(
+                "--issuer",
+                "no issuer configured; pass --issuer https://<your Clerk Frontend API host> (or set CLERK_ISSUER)",
+            ));
+        }
+        let mut issuers: Vec<IssuerConfig> = Vec::with_capacity(args.issuers.len());
+        for raw in &args.issuers {
+            let issuer = raw.trim().to_owned();
+            validate_issuer(&issuer).map_err(|p| ConfigError::new("--issuer", p))?;
+            if issuers.iter().any(|i| i.issuer == issuer) {
+                return Err(ConfigError::new("--issuer", format!("{issuer} is given twice; list each issuer once")));
+            }
+            issuers.push(IssuerConfig::new(issuer));
+        }
+        let policy = policy_from_args(args)?;
+        let refresh = refresh_from_args(args)?;
+        for issuer in &mut issuers {
+            issuer.policy = policy.clone();
+            issuer.refresh = refresh;
+        }
+        Ok(Config { issuers, shutdown_grace: args.shutdown_grace, clock: Arc::new(SystemClock) })
+    }
+}
+
+fn non_empty_list(flag: &str, values: &[String]) -> Result<Vec<String>, ConfigError> {
+    values
+        .iter()
+        .map(|v| {
+            let v = v.trim();
+            if v.is_empty() {
+                Err(ConfigError::new(flag, "an empty value was given; remove it (or the stray comma)"))
+            } else {
+                Ok(v.to_owned())
+            }
+        })
+        .collect()
+}
+
+fn policy_from_args(args: &ServeArgs) -> Result<Policy, ConfigError> {
+    let roles = non_empty_list("--role", &args.roles)?;
+    if roles.is_empty() {
+        return Err(ConfigError::new("--role", "at least one role must be allowed (usually authenticated)"));
+    }
+    if args.clock_skew > MAX_CLOCK_SKEW_SECS {
+        return Err(ConfigError::new(
+            "--clock-skew",
+            format!(
+                "{} s is more than the {MAX_CLOCK_SKEW_SECS} s allowed; Clerk session tokens live 60 s, so fix the host clock (NTP) instead",
+                args.clock_skew
+            ),
+        ));
+    }
+    let algorithms =
+        if args.algorithms.is_empty() { AlgorithmSet::all() } else { args.algorithms.iter().copied().collect() };
+    let token_kinds = args.accept_token_kinds.iter().copied().fold(TokenKinds::SESSION_ONLY, TokenKinds::with);
+    Ok(Policy {
+        algorithms,
+        audiences: non_empty_list("--audience", &args.audiences)?,
+        authorized_parties: non_empty_list("--authorized-party", &args.authorized_parties)?,
+        require_azp: args.require_azp,
+        roles,
+        token_kinds,
+        accept_pending_sessions: args.accept_pending_sessions,
+        clock_skew: Duration::from_secs(args.clock_skew),
+    })
+}
+
+fn refresh_from_args(args: &ServeArgs) -> Result<RefreshSettings, ConfigError> {
+    if args.refresh_interval < Duration::from_secs(10) {
+        return Err(ConfigError::new("--refresh-interval", "must be at least 10s (the default is 5m)"));
+    }
+    if args.unknown_kid_cooldown < MIN_UNKNOWN_KID_COOLDOWN {
+        return Err(ConfigError::new(
+            "--unknown-kid-cooldown",
+            "must be at least 1s, or a flood of tokens with random kids becomes a flood of requests to the issuer",
+        ));
+    }
+    if args.max_key_staleness < args.refresh_interval {
+        return Err(ConfigError::new(
+            "--max-key-staleness",
+            "must be at least the refresh interval, or keys go stale between two refreshes",
+        ));
+    }
+    Ok(RefreshSettings {
+        interval: args.refresh_interval,
+        unknown_kid_cooldown: args.unknown_kid_cooldown,
+        max_staleness: args.max_key_staleness,
+        ..RefreshSettings::default()
+    })
+}
+
+/// Checks an issuer URL: https (http only on a loopback host), a host, no
+/// query or fragment.
+pub fn validate_issuer(issuer: &str) -> Result<(), String> {
+    let uri: http::Uri =
+        issuer.parse().map_err(|_| format!("{issuer:?} is not a URL; use e.g. https://clerk.example.com"))?;
+    let host = uri.host().ok_or_else(|| format!("{issuer:?} has no host; use e.g. https://clerk.example.com"))?;
+    match uri.scheme_str() {
+        Some("https") => {}
+        Some("http") if is_loopback_host(host) => {}
+        Some("http") => {
+            return Err(format!(
+                "{issuer} uses plain http, which is allowed only on a loopback host (127.0.0.0/8, ::1, localhost); use https://{}",
+                uri.authority().map_or(host, |a| a.as_str())
+            ));
+        }
+        _ => return Err(format!("{issuer:?} must start with https://")),
+    }
+    if uri.query().is_some() || issuer.contains('#') {
+        return Err(format!("{issuer} has a query or fragment; an issuer identifier has neither"));
+    }
+    check_key_url(issuer).map_err(|why| format!("{issuer}: {why}"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let mut full = vec!["clerk-introspect", "serve"];
+        full.extend_from_slice(args);
+        match Cli::try_parse_from(full)?.command {
+            Command::Serve(a) => Ok(*a),
+            Command::Demo(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let args = serve(&["--issuer", "https://clerk.example.com"]).unwrap();
+        assert_eq!(args.listen, "0.0.0.0:50051".parse().unwrap());
+        let config = Config::from_args(&args).unwrap();
+        let issuer = &config.issuers[0];
+        assert_eq!(issuer.issuer, "https://clerk.example.com");
+        assert_eq!(issuer.policy, Policy::default());
+        assert_eq!(issuer.policy.roles, vec!["authenticated"]);
+        assert_eq!(issuer.policy.clock_skew, Duration::from_secs(5));
+        assert_eq!(issuer.refresh, RefreshSettings::default());
+    }
+
+    #[test]
+    fn repeatable_flags() {
+        let args = serve(&[
+            "--issuer",
+            "https://a.example.com",
+            "--issuer",
+            "http://127.0.0.1:8080",
+            "--role",
+            "authenticated",
+            "--role",
+            "admin",
+            "--authorized-party",
+            "https://app.example.com",
+            "--audience",
+            "api",
+            "--clock-skew",
+            "0",
+            "--algorithm",
+            "RS256",
+            "--accept-token-kind",
+            "machine",
+        ])
+        .unwrap();
+        let config = Config::from_args(&args).unwrap();
+        assert_eq!(config.issuers.len(), 2);
+        let p = &config.issuers[1].policy;
+        assert_eq!(p.roles, vec!["authenticated", "admin"]);
+        assert_eq!(p.authorized_parties, vec!["https://app.example.com"]);
+        assert_eq!(p.audiences, vec!["api"]);
+        assert_eq!(p.clock_skew, Duration::ZERO);
+        assert!(p.algorithms.contains(Algorithm::RS256) && !p.algorithms.contains(Algorithm::ES256));
+        assert!(p.token_kinds.contains(TokenKind::Machine) && p.token_kinds.contains(TokenKind::Session));
+    }
+
+    #[test]
+    fn bad_configuration_names_the_flag() {
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "--issuer"),
+            (&["--issuer", "http://clerk.example.com"], "--issuer"),
+            (&["--issuer", "clerk.example.com"], "--issuer"),
+            (&["--issuer", "https://a.example.com", "--issuer", "https://a.example.com"], "--issuer"),
+            (&["--issuer", "https://a.example.com?x=1"], "--issuer"),
+            (&["--issuer", "https://a.example.com", "--clock-skew", "3600"], "--clock-skew"),
+            (&["--issuer", "https://a.example.com", "--unknown-kid-cooldown", "0s"], "--unknown-kid-cooldown"),
+            (&["--issuer", "https://a.example.com", "--role", ""], "--role"),
+        ];
+        for (args, flag) in cases {
+            let err = Config::from_args(&serve(args).unwrap()).unwrap_err();
+            assert_eq!(err.flag, *flag, "{args:?}: {err}");
+            assert!(!err.to_string().contains('\n'), "one line: {err}");
+        }
+        let http = Config::from_args(&serve(&["--issuer", "http://clerk.example.com"]).unwrap()).unwrap_err();
+        assert!(http.problem.contains("loopback"), "{http}");
+    }
+
+    #[test]
+    fn symmetric_algorithms_cannot_be_configured() {
+        let err = serve(&["--issuer", "https://a.example.com", "--algorithm", "HS256"]).unwrap_err();
+        assert!(err.to_string().contains("shared-secret"), "{err}");
+        assert!(serve(&["--issuer", "https://a.example.com", "--algorithm", "none"]).is_err());
+    }
+}

@@ -1,0 +1,82 @@
+//! Readiness: `SERVING` once every trusted issuer has usable keys, and
+//! `NOT_SERVING` before that, while any issuer's keys are stale, and from the
+//! moment the drain starts. Published through `grpc.health.v1.Health` for
+//! the overall server (`""`) and for every service we serve.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+use tracing::info;
+
+use crate::keys::KeyStatus;
+use crate::verify::Verifier;
+
+/// How often readiness is recomputed even without a key event (keys can go
+/// stale by the passage of time alone).
+pub const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Shared readiness state.
+#[derive(Debug)]
+pub struct Readiness {
+    verifier: Arc<Verifier>,
+    draining: AtomicBool,
+    changed: Arc<Notify>,
+}
+
+impl Readiness {
+    /// Readiness over the verifier's trusted issuers; `changed` is poked by
+    /// the key caches after each fetch.
+    pub fn new(verifier: Arc<Verifier>, changed: Arc<Notify>) -> Self {
+        Self { verifier, draining: AtomicBool::new(false), changed }
+    }
+
+    /// Whether the server should receive traffic now.
+    pub fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::SeqCst)
+            && self.verifier.trust().issuers().all(|i| i.keys.status() == KeyStatus::Ready)
+    }
+
+    /// Marks the start of the drain: not ready from now on.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Pokes the readiness task (after a configuration reload, say).
+    pub fn poke(&self) {
+        self.changed.notify_waiters();
+    }
+
+    /// Publishes readiness to `reporter` for `services` (and `""`) until
+    /// `stop` is cancelled. Sets NOT_SERVING first.
+    pub async fn publish(
+        self: Arc<Self>,
+        reporter: HealthReporter,
+        services: Vec<&'static str>,
+        stop: CancellationToken,
+    ) {
+        let mut last: Option<bool> = None;
+        loop {
+            let notified = self.changed.notified();
+            let ready = self.is_ready();
+            if last != Some(ready) {
+                let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
+                for service in std::iter::once("").chain(services.iter().copied()) {
+                    reporter.set_service_status(service, status).await;
+                }
+                info!(ready, "readiness changed");
+                last = Some(ready);
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = notified => {}
+                () = tokio::time::sleep(RECHECK_INTERVAL) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,33 @@
+//! clerk-introspect verifies Clerk session tokens centrally, for services in
+//! any language, before the tokens go on to Supabase: a tonic gRPC server
+//! (`introspect.v1.TokenIntrospection`) backed by one JWKS cache per issuer.
+//!
+//! # Layout
+//!
+//! - [`config`]: the command line and the validated [`Config`].
+//! - [`keys`]: OIDC discovery, JWKS fetch, parsed keys, refresh and refetch.
+//! - [`verify`]: the verification pipeline and per-issuer [`verify::Policy`].
+//! - [`service`]: gRPC adapters; [`service::respond`] maps outcomes to answers.
+//! - [`server`]: assembly, serving and drain ([`run`]).
+//! - [`health`]: readiness published through `grpc.health.v1`.
+//! - [`telemetry`]: logging and spans.
+//! - [`clock`]: injectable wall clock.
+//! - [`demo`]: the `demo` command.
+//! - [`test_issuer`]: a loopback issuer for the demo, tests and benchmarks.
+//! - [`pb`]: generated wire types.
+
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod health;
+pub mod keys;
+pub mod pb;
+pub mod server;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;
+pub mod test_issuer;
+pub mod verify;
+
+pub use config::Config;
+pub use server::{App, ServeError, run};

@@ -1,0 +1,162 @@
+//! Assembly and lifecycle: build the key caches, the verifier and the gRPC
+//! services from a [`Config`], serve them on a bound listener, and drain on
+//! shutdown within the grace period.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::health::Readiness;
+use crate::keys::fetch::Fetcher;
+use crate::keys::{IssuerKeys, KeyContext, NoopObserver};
+use crate::pb;
+use crate::service::IntrospectService;
+use crate::verify::{Trust, TrustedIssuer, Verifier};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The HTTP client for key fetches could not be built.
+    #[error("cannot build the HTTP client for key fetches")]
+    HttpClient(#[source] reqwest::Error),
+    /// Reflection could not be built from the descriptor sets.
+    #[error("cannot build the reflection service")]
+    Reflection(#[source] tonic_reflection::server::Error),
+    /// The listener failed.
+    #[error("cannot read the listener's address")]
+    Listener(#[source] std::io::Error),
+    /// The gRPC server failed.
+    #[error("the gRPC server failed")]
+    Transport(#[source] tonic::transport::Error),
+}
+
+/// The running parts of the service, shared by every RPC.
+#[derive(Debug, Clone)]
+pub struct App {
+    /// The verifier (and, through it, the key caches).
+    pub verifier: Arc<Verifier>,
+    /// Readiness, for health.
+    pub readiness: Arc<Readiness>,
+}
+
+impl App {
+    /// Builds the key caches (spawning their refreshers) and the verifier.
+    /// Must run inside a Tokio runtime.
+    pub fn start(config: &Config) -> Result<App, ServeError> {
+        let changed = Arc::new(Notify::new());
+        let ctx = KeyContext {
+            fetcher: Fetcher::new().map_err(ServeError::HttpClient)?,
+            clock: config.clock.clone(),
+            observer: Arc::new(NoopObserver),
+            changed: changed.clone(),
+        };
+        let trust = Trust::new(config.issuers.iter().map(|i| TrustedIssuer {
+            policy: Arc::new(i.policy.clone()),
+            keys: IssuerKeys::start(Arc::from(i.issuer.as_str()), i.source.clone(), i.refresh, ctx.clone()),
+        }));
+        let verifier = Arc::new(Verifier::new(trust, config.clock.clone()));
+        let readiness = Arc::new(Readiness::new(verifier.clone(), changed));
+        Ok(App { verifier, readiness })
+    }
+}
+
+/// Names of the services whose health follows readiness.
+fn health_services() -> Vec<&'static str> {
+    vec![<pb::token_introspection_server::TokenIntrospectionServer<IntrospectService> as NamedService>::NAME]
+}
+
+/// Serves the configured service on `listener` until `shutdown` resolves,
+/// then drains in-flight calls for at most `config.shutdown_grace`.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let app = App::start(&config)?;
+    serve(listener, app, config.shutdown_grace, shutdown).await
+}
+
+/// Serves an already-built [`App`] (see [`run`]).
+pub async fn serve(
+    listener: TcpListener,
+    app: App,
+    grace: std::time::Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr().map_err(ServeError::Listener)?;
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let services = health_services();
+    for service in std::iter::once("").chain(services.iter().copied()) {
+        reporter.set_service_status(service, ServingStatus::NotServing).await;
+    }
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1().map_err(ServeError::Reflection)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(ServeError::Reflection)?;
+
+    let stop_health = CancellationToken::new();
+    let health_task =
+        tokio::spawn(app.readiness.clone().publish(reporter.clone(), services.clone(), stop_health.clone()));
+
+    let router = Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(IntrospectService::new(app.verifier.clone()).into_server());
+
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let drain = CancellationToken::new();
+    let drain_signal = drain.clone().cancelled_owned();
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, drain_signal));
+    info!(%addr, "serving gRPC");
+
+    let result = tokio::select! {
+        r = &mut server => Some(r),
+        () = shutdown => None,
+    };
+    let result = match result {
+        Some(r) => r,
+        None => {
+            // Not ready from the moment the drain starts.
+            app.readiness.start_draining();
+            stop_health.cancel();
+            let _ = health_task.await;
+            for service in std::iter::once("").chain(services.iter().copied()) {
+                reporter.set_service_status(service, ServingStatus::NotServing).await;
+            }
+            info!(grace = ?grace, "draining: no new connections, finishing in-flight calls");
+            drain.cancel();
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(r) => {
+                    info!("drained; all in-flight calls finished");
+                    r
+                }
+                Err(_) => {
+                    warn!(grace = ?grace, "grace period over; closing the remaining connections");
+                    server.abort();
+                    return Ok(());
+                }
+            }
+        }
+    };
+    stop_health.cancel();
+    match result {
+        Ok(r) => r.map_err(ServeError::Transport),
+        Err(join) => {
+            warn!(error = %join, "the server task ended abnormally");
+            Ok(())
+        }
+    }
+}

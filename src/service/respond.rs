@@ -1,0 +1,127 @@
+//! Turning verification outcomes into wire answers: the only place that
+//! builds a `VerifyResponse`, a `GetClaimsResponse` or an error `Status`
+//! from a verification.
+
+use std::collections::HashMap;
+use std::time::{Duration, UNIX_EPOCH};
+
+use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::pb;
+use crate::verify::{Rejection, VerifiedToken, VerifyError};
+
+/// The `Identity` of a verified token.
+pub fn identity(token: &VerifiedToken) -> pb::Identity {
+    let c = &token.claims;
+    let text = |v: Option<&String>| v.cloned().unwrap_or_default();
+    pb::Identity {
+        subject: text(c.sub.get()),
+        issuer: token.issuer.to_string(),
+        session_id: c.sid.clone().unwrap_or_default(),
+        role: text(c.role.get()),
+        authorized_party: text(c.azp.get()),
+        organization_id: c.org.id.clone().unwrap_or_default(),
+        organization_role: c.org.role.clone().unwrap_or_default(),
+        organization_slug: c.org.slug.clone().unwrap_or_default(),
+        issued_at: c.iat.get().map(|s| timestamp(*s)),
+        expires_at: c.exp.get().map(|s| timestamp(*s)),
+        key_id: token.key.kid().unwrap_or_default().to_owned(),
+        algorithm: token.algorithm.as_str().to_owned(),
+    }
+}
+
+fn timestamp(seconds: i64) -> Timestamp {
+    Timestamp { seconds, nanos: 0 }
+}
+
+/// A valid `VerifyResponse`.
+pub fn valid(token: &VerifiedToken) -> pb::VerifyResponse {
+    pb::VerifyResponse {
+        valid: true,
+        reason: pb::Reason::Valid as i32,
+        message: "The token is valid.".to_owned(),
+        identity: Some(identity(token)),
+    }
+}
+
+/// An invalid `VerifyResponse`: reason and sentence, never an identity.
+pub fn rejected(rejection: &Rejection) -> pb::VerifyResponse {
+    pb::VerifyResponse {
+        valid: false,
+        reason: rejection.reason as i32,
+        message: rejection.message.to_string(),
+        identity: None,
+    }
+}
+
+/// The `Verify` answer for an outcome: a response, or UNAVAILABLE.
+pub fn verify_outcome(outcome: Result<&VerifiedToken, &VerifyError>) -> Result<pb::VerifyResponse, Status> {
+    match outcome {
+        Ok(token) => Ok(valid(token)),
+        Err(VerifyError::Rejected(r)) => Ok(rejected(r)),
+        Err(e @ VerifyError::Unavailable { .. }) => Err(unavailable(e)),
+    }
+}
+
+/// The `GetClaims` answer for an outcome.
+pub fn get_claims_outcome(outcome: Result<&VerifiedToken, &VerifyError>) -> Result<pb::GetClaimsResponse, Status> {
+    match outcome {
+        Ok(token) => Ok(pb::GetClaimsResponse {
+            identity: Some(identity(token)),
+            claims: Some(claims_struct(&token.payload)),
+            claims_json: token.payload.to_string(),
+        }),
+        Err(VerifyError::Rejected(r)) => Err(unauthenticated(r)),
+        Err(e @ VerifyError::Unavailable { .. }) => Err(unavailable(e)),
+    }
+}
+
+/// `UNAUTHENTICATED` with `REASON_X: sentence` and a `google.rpc.ErrorInfo`
+/// whose reason is `REASON_X` (domain `introspect.v1`).
+pub fn unauthenticated(rejection: &Rejection) -> Status {
+    let details =
+        ErrorDetails::with_error_info(rejection.reason_name(), pb::ERROR_DOMAIN, HashMap::<String, String>::new());
+    Status::with_error_details(Code::Unauthenticated, rejection.to_string(), details)
+}
+
+/// `UNAVAILABLE`: the issuer is trusted but has no usable keys.
+pub fn unavailable(error: &VerifyError) -> Status {
+    let message = match error {
+        VerifyError::Unavailable { issuer } => format!(
+            "The keys of issuer {issuer} are not available (not loaded yet, or not refreshed within the allowed staleness); retry shortly."
+        ),
+        VerifyError::Rejected(r) => r.to_string(),
+    };
+    Status::unavailable(message)
+}
+
+/// The payload as a `google.protobuf.Struct`.
+pub fn claims_struct(payload: &str) -> Struct {
+    match serde_json::from_str::<serde_json::Value>(payload) {
+        Ok(serde_json::Value::Object(map)) => object(map),
+        _ => Struct::default(),
+    }
+}
+
+fn object(map: serde_json::Map<String, serde_json::Value>) -> Struct {
+    Struct { fields: map.into_iter().map(|(k, v)| (k, value(v))).collect() }
+}
+
+fn value(v: serde_json::Value) -> Value {
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or(0.0)),
+        serde_json::Value::String(s) => Kind::StringValue(s),
+        serde_json::Value::Array(a) => Kind::ListValue(ListValue { values: a.into_iter().map(value).collect() }),
+        serde_json::Value::Object(o) => Kind::StructValue(object(o)),
+    };
+    Value { kind: Some(kind) }
+}
+
+/// A `Timestamp` as `SystemTime` (for tests and clients).
+pub fn to_system_time(ts: &Timestamp) -> std::time::SystemTime {
+    UNIX_EPOCH + Duration::from_secs(u64::try_from(ts.seconds).unwrap_or(0))
+}

@@ -1,0 +1,224 @@
+//! The verification pipeline, in the contract's order:
+//!
+//! 1. input: size, three base64url parts, JSON objects, no `crit` ([`token`]);
+//! 2. `alg`: never `none` or HMAC, and in the issuer's allow-list;
+//! 3. `iss`: exactly one of the configured issuers;
+//! 4. key: by (issuer, kid), refetching once on an unknown kid; the
+//!    algorithm must fit the key's type, curve and JWK `alg`;
+//! 5. signature, before any claim is trusted;
+//! 6. policy ([`claims::check`]): token kind, required claims, time,
+//!    session status, `azp`, `aud`, `role`, narrowed by the call's
+//!    [`Expectations`].
+//!
+//! Steps 1–5 produce a [`VerifiedToken`]; step 6 runs on every call.
+
+pub mod claims;
+pub mod rejection;
+pub mod token;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use crate::clock::Clock;
+use crate::keys::jwk::{Algorithm, VerificationKey};
+use crate::keys::{IssuerKeys, KeyMatch, KeySet};
+pub use claims::{Claims, Policy, TokenKinds};
+pub use rejection::{Reason, Rejection};
+pub use token::TokenKind;
+
+/// Extra conditions for one call. They can only narrow what the issuer's
+/// policy accepts, never widen it. Empty lists add nothing.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Expectations<'a> {
+    /// `azp` must be present and one of these.
+    pub authorized_parties: &'a [String],
+    /// `aud` must contain one of these.
+    pub audiences: &'a [String],
+    /// `role` must be one of these (and allowed by the policy).
+    pub roles: &'a [String],
+}
+
+/// A trusted issuer: its policy and its key cache.
+#[derive(Clone, Debug)]
+pub struct TrustedIssuer {
+    /// The policy applied to its tokens.
+    pub policy: Arc<Policy>,
+    /// Its keys.
+    pub keys: Arc<IssuerKeys>,
+}
+
+/// The set of trusted issuers at one moment; swapped as a whole on reload.
+#[derive(Clone, Debug, Default)]
+pub struct Trust {
+    issuers: HashMap<Arc<str>, TrustedIssuer>,
+}
+
+impl Trust {
+    /// Builds the set from issuers (keyed by their exact issuer string).
+    pub fn new(issuers: impl IntoIterator<Item = TrustedIssuer>) -> Self {
+        Self { issuers: issuers.into_iter().map(|i| (i.keys.issuer().clone(), i)).collect() }
+    }
+
+    /// The issuer whose identifier equals `iss` exactly.
+    pub fn get(&self, iss: &str) -> Option<&TrustedIssuer> {
+        self.issuers.get(iss)
+    }
+
+    /// Every trusted issuer.
+    pub fn issuers(&self) -> impl Iterator<Item = &TrustedIssuer> {
+        self.issuers.values()
+    }
+}
+
+/// A token whose signature verified: what steps 1–5 established. The
+/// policy ([`claims::check`]) has still to be applied.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    /// The issuer, as configured.
+    pub issuer: Arc<str>,
+    /// The key that verified it.
+    pub key: Arc<VerificationKey>,
+    /// The algorithm it was verified with.
+    pub algorithm: Algorithm,
+    /// Its kind (header `typ`/`cat`, and the `mch_` subject rule).
+    pub kind: TokenKind,
+    /// The claims we read.
+    pub claims: Claims,
+    /// The payload exactly as signed (JSON text).
+    pub payload: Box<str>,
+}
+
+/// Why no answer about the token could be given.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The token was refused.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The token's issuer is trusted, but none of its keys are usable
+    /// (never loaded, or stale beyond the allowed age).
+    #[error("the keys of issuer {issuer} are not available")]
+    Unavailable {
+        /// The issuer.
+        issuer: Arc<str>,
+    },
+}
+
+/// Verifies tokens against the current [`Trust`].
+pub struct Verifier {
+    trust: ArcSwap<Trust>,
+    clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier over `trust`, reading time from `clock`.
+    pub fn new(trust: Trust, clock: Arc<dyn Clock>) -> Self {
+        Self { trust: ArcSwap::from_pointee(trust), clock }
+    }
+
+    /// The current trust set.
+    pub fn trust(&self) -> Arc<Trust> {
+        self.trust.load_full()
+    }
+
+    /// Replaces the trust set (configuration reload).
+    pub fn set_trust(&self, trust: Trust) {
+        self.trust.store(Arc::new(trust));
+    }
+
+    /// The clock.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Verifies `raw` (an optional `Bearer ` prefix is accepted) and applies
+    /// the issuer's policy narrowed by `expect`.
+    pub async fn verify(&self, raw: &str, expect: &Expectations<'_>) -> Result<Arc<VerifiedToken>, VerifyError> {
+        let trust = self.trust.load_full();
+        let verified = Arc::new(self.verify_signature(&trust, raw).await?);
+        self.check_policy(&trust, &verified, expect)?;
+        Ok(verified)
+    }
+
+    /// Steps 1–5: decode, algorithm, issuer, key, signature.
+    pub async fn verify_signature(&self, trust: &Trust, raw: &str) -> Result<VerifiedToken, VerifyError> {
+        let token = token::strip_bearer(raw);
+        let decoded = token::decode(token)?;
+        let alg = decoded.header.alg;
+        let iss = decoded.claims.iss.get().ok_or(rejection::NO_ISSUER)?;
+        let issuer = trust.get(iss).ok_or_else(|| rejection::untrusted_issuer(iss))?;
+        if !issuer.policy.algorithms.contains(alg) {
+            return Err(rejection::alg_not_in_allow_list(alg.as_str(), issuer.policy.algorithms).into());
+        }
+        let keys = &issuer.keys;
+        let unavailable = || VerifyError::Unavailable { issuer: keys.issuer().clone() };
+        let set = keys.usable().ok_or_else(unavailable)?;
+        let kid = decoded.header.kid.as_deref();
+        let key = match lookup(&set, kid, alg, keys)? {
+            Some(key) => key,
+            None => {
+                // Unknown kid: one shared, rate-limited refetch.
+                let kid = kid.unwrap_or_default();
+                let fresh = keys.refetch_for_unknown_kid(kid).await;
+                let set = fresh.or_else(|| keys.usable()).ok_or_else(unavailable)?;
+                lookup(&set, Some(kid), alg, keys)?.ok_or_else(|| rejection::unknown_kid(kid, keys.issuer()))?
+            }
+        };
+        if !key.verify(alg, decoded.signing_input, decoded.signature()) {
+            return Err(rejection::BAD_SIGNATURE.into());
+        }
+        let kind = claims::effective_kind(decoded.header.kind, &decoded.claims);
+        // The payload parsed as JSON, so it is UTF-8.
+        let payload = String::from_utf8(decoded.payload).map_err(|_| rejection::PAYLOAD_NOT_OBJECT)?;
+        Ok(VerifiedToken {
+            issuer: keys.issuer().clone(),
+            key,
+            algorithm: alg,
+            kind,
+            claims: decoded.claims,
+            payload: payload.into_boxed_str(),
+        })
+    }
+
+    /// Step 6: the issuer's policy (as configured now) and the call's
+    /// expectations, at the current time.
+    pub fn check_policy(
+        &self,
+        trust: &Trust,
+        token: &VerifiedToken,
+        expect: &Expectations<'_>,
+    ) -> Result<(), Rejection> {
+        let issuer = trust.get(&token.issuer).ok_or_else(|| rejection::untrusted_issuer(&token.issuer))?;
+        claims::check(token.kind, &token.claims, &issuer.policy, expect, self.clock.unix_seconds())
+    }
+}
+
+/// Looks the token's key up: `Ok(None)` means "unknown kid, worth a refetch".
+fn lookup(
+    set: &KeySet,
+    kid: Option<&str>,
+    alg: Algorithm,
+    keys: &IssuerKeys,
+) -> Result<Option<Arc<VerificationKey>>, Rejection> {
+    match set.find(kid, alg) {
+        KeyMatch::Found(key) => Ok(Some(key.clone())),
+        KeyMatch::WrongType(key) => Err(rejection::alg_key_mismatch(
+            alg.as_str(),
+            kid,
+            key.family().as_str(),
+            key.jwk_alg().map(Algorithm::as_str),
+        )),
+        KeyMatch::UnknownKid => Ok(None),
+        KeyMatch::Ambiguous => Err(rejection::no_kid_ambiguous(keys.issuer(), alg.as_str())),
+    }
+}
+
+#[cfg(test)]
+mod tests;

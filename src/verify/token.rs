@@ -1,0 +1,302 @@
+//! Decoding a compact JWS: size and shape checks, base64url, the header
+//! fields we use (and nothing else), and the payload as a JSON object.
+//!
+//! Header parameters that point at keys (`jku`, `x5u`, `jwk`, `x5c`) are
+//! never read: they are not even deserialized.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use std::borrow::Cow;
+
+use super::claims::Claims;
+use super::rejection::{self as r, Rejection};
+use crate::keys::jwk::{AlgClass, Algorithm};
+
+/// Largest token accepted, in bytes, after trimming.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+/// Largest decoded signature (an 8192-bit RSA signature).
+pub const MAX_SIGNATURE_BYTES: usize = 1024;
+
+/// Clerk's `cat` (category) header values (`@clerk/backend` `jwtCategories.ts`).
+pub mod category {
+    /// A session token.
+    pub const SESSION: &str = "cl_B7d4PD111AAA";
+    /// A JWT-template token.
+    pub const JWT_TEMPLATE: &str = "cl_B7d4PD222AAA";
+    /// A machine-to-machine token.
+    pub const MACHINE: &str = "cl_B7d4PD333AAA";
+    /// "Ignore": verifiers treat it like an absent category.
+    pub const IGNORE: &str = "cl_I7d4PD111III";
+}
+
+/// What kind of token the header and subject say this is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TokenKind {
+    /// A Clerk session token (`cat` session, ignore or absent; `typ` JWT or absent).
+    Session,
+    /// A Clerk JWT-template token (`cat` `cl_B7d4PD222AAA`).
+    JwtTemplate,
+    /// A Clerk machine (M2M) token (`cat` `cl_B7d4PD333AAA`, or `sub` starting `mch_`).
+    Machine,
+    /// An OAuth access token (`typ: at+jwt`).
+    OAuth,
+    /// A `cat` or `typ` this service does not know: never accepted.
+    Unrecognized,
+}
+
+impl TokenKind {
+    /// The name used in flags and config (`session`, `jwt-template`, `machine`, `oauth`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            TokenKind::Session => "session",
+            TokenKind::JwtTemplate => "jwt-template",
+            TokenKind::Machine => "machine",
+            TokenKind::OAuth => "oauth",
+            TokenKind::Unrecognized => "unrecognized",
+        }
+    }
+}
+
+impl std::str::FromStr for TokenKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim() {
+            "session" => Ok(TokenKind::Session),
+            "jwt-template" => Ok(TokenKind::JwtTemplate),
+            "machine" => Ok(TokenKind::Machine),
+            "oauth" => Ok(TokenKind::OAuth),
+            other => Err(format!("unknown token kind {other:?}; choose from session, jwt-template, machine, oauth")),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawHeader<'a> {
+    #[serde(borrow)]
+    alg: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    kid: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    typ: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    cat: Option<Cow<'a, str>>,
+    crit: Option<IgnoredAny>,
+}
+
+/// The header fields we use.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Header {
+    /// `alg`, classified; the original text is kept for messages.
+    pub alg: Algorithm,
+    /// `kid`.
+    pub kid: Option<Box<str>>,
+    /// Kind implied by `typ` and `cat` (the `mch_` subject rule is applied later).
+    pub kind: TokenKind,
+}
+
+/// A token split and decoded, not yet verified.
+#[derive(Debug)]
+pub struct Decoded<'t> {
+    /// `base64url(header) "." base64url(payload)`: the signed bytes.
+    pub signing_input: &'t [u8],
+    /// The header fields we use.
+    pub header: Header,
+    /// The decoded payload bytes, exactly as signed.
+    pub payload: Vec<u8>,
+    /// The claims we read, parsed from `payload` (not trusted until the
+    /// signature verifies).
+    pub claims: Claims,
+    signature: [u8; MAX_SIGNATURE_BYTES],
+    signature_len: usize,
+}
+
+impl Decoded<'_> {
+    /// The decoded signature.
+    pub fn signature(&self) -> &[u8] {
+        &self.signature[..self.signature_len]
+    }
+}
+
+/// Strips an optional `Bearer ` scheme (any case) and surrounding spaces.
+pub fn strip_bearer(raw: &str) -> &str {
+    let t = raw.trim();
+    match t.get(..7) {
+        Some(prefix) if prefix.eq_ignore_ascii_case("bearer ") => t[7..].trim(),
+        _ => t,
+    }
+}
+
+/// Splits and decodes a compact JWS. Rejections here are MALFORMED, or
+/// ALGORITHM_NOT_ALLOWED for `none`, HMAC and unknown algorithms (for an
+/// HMAC token we peek at `iss`, only to word the sentence for a token
+/// minted by Supabase Auth).
+pub fn decode(token: &str) -> Result<Decoded<'_>, Rejection> {
+    if token.is_empty() {
+        return Err(r::EMPTY);
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(r::TOO_LARGE);
+    }
+    let bytes = token.as_bytes();
+    let mut dots = memchr_iter(bytes);
+    let (Some(d1), Some(d2), None) = (dots.next(), dots.next(), dots.next()) else {
+        return Err(r::NOT_THREE_PARTS);
+    };
+    let (h64, p64, s64) = (&token[..d1], &token[d1 + 1..d2], &token[d2 + 1..]);
+    if h64.is_empty() || p64.is_empty() {
+        return Err(r::NOT_THREE_PARTS);
+    }
+
+    let header_bytes = URL_SAFE_NO_PAD.decode(h64).map_err(|_| r::BAD_BASE64)?;
+    let raw: RawHeader<'_> = serde_json::from_slice(&header_bytes).map_err(|_| r::HEADER_NOT_OBJECT)?;
+    if raw.crit.is_some() {
+        return Err(r::CRIT);
+    }
+    let alg_name = raw.alg.ok_or(r::HEADER_NOT_OBJECT)?;
+    let payload = URL_SAFE_NO_PAD.decode(p64).map_err(|_| r::BAD_BASE64)?;
+    // Parsed once, here; nothing in it is trusted until the signature verifies.
+    let claims = Claims::parse(&payload).ok_or(r::PAYLOAD_NOT_OBJECT)?;
+    let mut signature = [0u8; MAX_SIGNATURE_BYTES];
+    if s64.len() > (MAX_SIGNATURE_BYTES * 4).div_ceil(3) {
+        return Err(r::BAD_BASE64);
+    }
+    let signature_len = URL_SAFE_NO_PAD.decode_slice(s64, &mut signature).map_err(|_| r::BAD_BASE64)?;
+
+    let alg = match Algorithm::classify(&alg_name) {
+        AlgClass::Supported(a) => a,
+        AlgClass::None => return Err(r::ALG_NONE),
+        AlgClass::Symmetric => {
+            let supabase = claims.iss.get().is_some_and(|iss| r::is_supabase_auth_issuer(iss));
+            return Err(r::alg_symmetric(&alg_name, supabase));
+        }
+        AlgClass::Unknown => return Err(r::alg_unknown(&alg_name)),
+    };
+    let kid = raw.kid.map(|k| Box::<str>::from(k.as_ref()));
+    let kind = kind_from_header(raw.typ.as_deref(), raw.cat.as_deref());
+
+    Ok(Decoded {
+        signing_input: &bytes[..d2],
+        header: Header { alg, kid, kind },
+        payload,
+        claims,
+        signature,
+        signature_len,
+    })
+}
+
+fn memchr_iter(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    bytes.iter().enumerate().filter(|(_, b)| **b == b'.').map(|(i, _)| i)
+}
+
+fn kind_from_header(typ: Option<&str>, cat: Option<&str>) -> TokenKind {
+    if let Some(t) = typ {
+        let t = t.strip_prefix("application/").unwrap_or(t);
+        if t.eq_ignore_ascii_case("at+jwt") {
+            return TokenKind::OAuth;
+        }
+        if !t.eq_ignore_ascii_case("jwt") {
+            return TokenKind::Unrecognized;
+        }
+    }
+    match cat {
+        None | Some(category::SESSION) | Some(category::IGNORE) => TokenKind::Session,
+        Some(category::JWT_TEMPLATE) => TokenKind::JwtTemplate,
+        Some(category::MACHINE) => TokenKind::Machine,
+        Some(_) => TokenKind::Unrecognized,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb::Reason;
+
+    fn b64(s: &str) -> String {
+        URL_SAFE_NO_PAD.encode(s)
+    }
+
+    fn tok(header: &str, payload: &str) -> String {
+        format!("{}.{}.{}", b64(header), b64(payload), b64("sig"))
+    }
+
+    fn reason(t: &str) -> Reason {
+        decode(t).map(|_| Reason::Valid).unwrap_or_else(|r| r.reason)
+    }
+
+    #[test]
+    fn bearer_prefix_any_case() {
+        assert_eq!(strip_bearer("  Bearer abc "), "abc");
+        assert_eq!(strip_bearer("bEaReR   abc"), "abc");
+        assert_eq!(strip_bearer("abc"), "abc");
+        assert_eq!(strip_bearer("Bearerabc"), "Bearerabc");
+        assert_eq!(strip_bearer("Basic abc"), "Basic abc");
+    }
+
+    #[test]
+    fn malformed_inputs() {
+        let ok_payload = r#"{"sub":"user_1"}"#;
+        let cases: Vec<(String, Reason)> = vec![
+            (String::new(), Reason::Malformed),
+            ("a.b".into(), Reason::Malformed),
+            ("a.b.c.d".into(), Reason::Malformed),
+            ("..".into(), Reason::Malformed),
+            (format!("{}.{}.", b64(r#"{"alg":"RS256"}"#), b64(ok_payload)), Reason::Valid),
+            (format!("{}=.{}.c2ln", b64(r#"{"alg":"RS256"}"#), b64(ok_payload)), Reason::Malformed),
+            (format!("!!.{}.c2ln", b64(ok_payload)), Reason::Malformed),
+            (tok("[]", ok_payload), Reason::Malformed),
+            (tok("not json", ok_payload), Reason::Malformed),
+            (tok(r#"{"alg":5}"#, ok_payload), Reason::Malformed),
+            (tok(r#"{"kid":"a"}"#, ok_payload), Reason::Malformed),
+            (tok(r#"{"alg":"RS256","kid":7}"#, ok_payload), Reason::Malformed),
+            (tok(r#"{"alg":"RS256","crit":["exp"]}"#, ok_payload), Reason::Malformed),
+            (tok(r#"{"alg":"RS256","crit":[]}"#, ok_payload), Reason::Malformed),
+            (tok(r#"{"alg":"RS256"}"#, "[1]"), Reason::Malformed),
+            (tok(r#"{"alg":"RS256"}"#, "\"str\""), Reason::Malformed),
+            (tok(r#"{"alg":"RS256","alg":"RS256"}"#, ok_payload), Reason::Malformed),
+            ("x".repeat(MAX_TOKEN_BYTES + 1), Reason::Malformed),
+            (tok(r#"{"alg":"none"}"#, ok_payload), Reason::AlgorithmNotAllowed),
+            (tok(r#"{"alg":"HS256"}"#, ok_payload), Reason::AlgorithmNotAllowed),
+            (tok(r#"{"alg":"ES512"}"#, ok_payload), Reason::AlgorithmNotAllowed),
+            (
+                tok(r#"{"alg":"RS256","jku":"https://evil","x5u":"https://evil","jwk":{},"x5c":["AA"]}"#, ok_payload),
+                Reason::Valid,
+            ),
+        ];
+        for (t, want) in cases {
+            assert_eq!(reason(&t), want, "token {t:?}");
+        }
+    }
+
+    #[test]
+    fn hmac_message_explains_the_deprecated_setup() {
+        let err = decode(&tok(r#"{"alg":"HS256"}"#, r#"{"iss":"https://x.clerk.accounts.dev"}"#)).unwrap_err();
+        assert!(err.message.contains("deprecated"), "{}", err.message);
+        let err = decode(&tok(r#"{"alg":"HS256"}"#, r#"{"iss":"https://abc.supabase.co/auth/v1"}"#)).unwrap_err();
+        assert!(err.message.contains("Supabase Auth"), "{}", err.message);
+    }
+
+    #[test]
+    fn kinds_from_header() {
+        assert_eq!(kind_from_header(None, None), TokenKind::Session);
+        assert_eq!(kind_from_header(Some("JWT"), Some(category::SESSION)), TokenKind::Session);
+        assert_eq!(kind_from_header(Some("jwt"), Some(category::IGNORE)), TokenKind::Session);
+        assert_eq!(kind_from_header(None, Some(category::JWT_TEMPLATE)), TokenKind::JwtTemplate);
+        assert_eq!(kind_from_header(None, Some(category::MACHINE)), TokenKind::Machine);
+        assert_eq!(kind_from_header(Some("at+jwt"), None), TokenKind::OAuth);
+        assert_eq!(kind_from_header(Some("application/at+jwt"), None), TokenKind::OAuth);
+        assert_eq!(kind_from_header(Some("JOSE"), None), TokenKind::Unrecognized);
+        assert_eq!(kind_from_header(None, Some("cl_other")), TokenKind::Unrecognized);
+    }
+
+    #[test]
+    fn decodes_the_signed_parts() {
+        let t = tok(r#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#, r#"{"a":1}"#);
+        let d = decode(&t).unwrap();
+        assert_eq!(d.header, Header { alg: Algorithm::ES256, kid: Some("k1".into()), kind: TokenKind::Session });
+        assert_eq!(d.payload, br#"{"a":1}"#);
+        assert_eq!(d.signature(), b"sig");
+        assert_eq!(d.signing_input, t.rsplit_once('.').unwrap().0.as_bytes());
+    }
+}
