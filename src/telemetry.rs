@@ -10,7 +10,8 @@ use crate::verify::{VerifiedToken, VerifyError};
 /// by `RUST_LOG` (default: `default_level`, e.g. `info`).
 pub fn init_logging(default_level: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
 /// Records a verification outcome on the current span (issuer, reason) and

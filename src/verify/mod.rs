@@ -2,7 +2,9 @@
 //!
 //! 1. input: size, three base64url parts, JSON objects, no `crit` ([`token`]);
 //! 2. `alg`: never `none` or HMAC, and in the issuer's allow-list;
-//! 3. `iss`: exactly one of the configured issuers;
+//! 3. `iss`: exactly one of the configured issuers (a token without `iss`
+//!    is still signature-checked when only one issuer is configured, then
+//!    refused);
 //! 4. key: by (issuer, kid), refetching once on an unknown kid; the
 //!    algorithm must fit the key's type, curve and JWK `alg`;
 //! 5. signature, before any claim is trusted;
@@ -64,6 +66,15 @@ impl Trust {
     /// The issuer whose identifier equals `iss` exactly.
     pub fn get(&self, iss: &str) -> Option<&TrustedIssuer> {
         self.issuers.get(iss)
+    }
+
+    /// The only trusted issuer, when there is exactly one.
+    pub fn sole(&self) -> Option<&TrustedIssuer> {
+        let mut all = self.issuers.values();
+        match (all.next(), all.next()) {
+            (Some(one), None) => Some(one),
+            _ => None,
+        }
     }
 
     /// Every trusted issuer.
@@ -152,8 +163,13 @@ impl Verifier {
         let token = token::strip_bearer(raw);
         let decoded = token::decode(token)?;
         let alg = decoded.header.alg;
-        let iss = decoded.claims.iss.get().ok_or(rejection::NO_ISSUER)?;
-        let issuer = trust.get(iss).ok_or_else(|| rejection::untrusted_issuer(iss))?;
+        let issuer = match decoded.claims.iss.get() {
+            Some(iss) => trust.get(iss).ok_or_else(|| rejection::untrusted_issuer(iss))?,
+            // No usable iss. With a single trusted issuer its keys still check
+            // the signature first, so an altered token reads as altered; the
+            // missing iss is refused after that.
+            None => trust.sole().ok_or(rejection::NO_ISSUER)?,
+        };
         if !issuer.policy.algorithms.contains(alg) {
             return Err(rejection::alg_not_in_allow_list(alg.as_str(), issuer.policy.algorithms).into());
         }
@@ -173,6 +189,9 @@ impl Verifier {
         };
         if !key.verify(alg, decoded.signing_input, decoded.signature()) {
             return Err(rejection::BAD_SIGNATURE.into());
+        }
+        if decoded.claims.iss.get().is_none() {
+            return Err(rejection::NO_ISSUER.into());
         }
         let kind = claims::effective_kind(decoded.header.kind, &decoded.claims);
         // The payload parsed as JSON, so it is UTF-8.

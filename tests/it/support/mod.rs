@@ -1,0 +1,164 @@
+//! Test harness: the real server on `127.0.0.1:0` against a real HTTP test
+//! issuer on loopback, called through real gRPC clients. Nothing sleeps to
+//! wait for a server: the listener is bound before the server starts, and
+//! readiness is polled through `grpc.health.v1`.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use clerk_introspect::clock::{Clock, ManualClock};
+use clerk_introspect::config::{Config, IssuerConfig};
+use clerk_introspect::keys::RefreshSettings;
+use clerk_introspect::pb::token_introspection_client::TokenIntrospectionClient;
+use clerk_introspect::pb::{Expectations, GetClaimsRequest, GetClaimsResponse, Reason, VerifyRequest, VerifyResponse};
+use clerk_introspect::test_issuer::TestIssuer;
+use clerk_introspect::{App, ServeError};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// Longest wait for a readiness change before a test fails.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Interval between readiness polls.
+pub const POLL: Duration = Duration::from_millis(10);
+/// The service name of TokenIntrospection in health checks.
+pub const SERVICE: &str = "introspect.v1.TokenIntrospection";
+
+/// Fast retry timing so that outage tests finish quickly.
+pub fn fast_refresh() -> RefreshSettings {
+    RefreshSettings {
+        initial_backoff: Duration::from_millis(20),
+        max_backoff: Duration::from_millis(100),
+        ..RefreshSettings::default()
+    }
+}
+
+/// An issuer config for a test issuer, with fast retries.
+pub fn issuer_config(issuer: &TestIssuer) -> IssuerConfig {
+    let mut c = IssuerConfig::new(issuer.issuer());
+    c.refresh = fast_refresh();
+    c
+}
+
+/// A running server.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub channel: Channel,
+    pub clock: Arc<ManualClock>,
+    pub app: App,
+    stop: CancellationToken,
+    task: JoinHandle<Result<(), ServeError>>,
+}
+
+impl Server {
+    /// Starts the server trusting `issuers`, with a manual clock at the
+    /// current time.
+    pub async fn start(issuers: Vec<IssuerConfig>) -> Server {
+        Self::start_with(Config::new(issuers)).await
+    }
+
+    /// Starts the server with `config` (its clock is replaced by a manual one).
+    pub async fn start_with(mut config: Config) -> Server {
+        let clock = Arc::new(ManualClock::starting_now());
+        config.clock = clock.clone();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().unwrap();
+        let app = App::start(&config).expect("app starts");
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(clerk_introspect::server::serve(
+            listener,
+            app.clone(),
+            config.shutdown_grace,
+            stop.clone().cancelled_owned(),
+        ));
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+        Server { addr, channel, clock, app, stop, task }
+    }
+
+    /// Starts the server trusting one test issuer, and waits until SERVING.
+    pub async fn ready(issuer: &TestIssuer) -> Server {
+        let server = Self::start(vec![issuer_config(issuer)]).await;
+        server.wait_for(ServingStatus::Serving).await;
+        server
+    }
+
+    pub fn now(&self) -> SystemTime {
+        self.clock.now()
+    }
+
+    pub fn client(&self) -> TokenIntrospectionClient<Channel> {
+        TokenIntrospectionClient::new(self.channel.clone())
+    }
+
+    pub async fn health(&self, service: &str) -> Result<ServingStatus, tonic::Status> {
+        let answer = HealthClient::new(self.channel.clone())
+            .check(HealthCheckRequest { service: service.to_owned() })
+            .await?
+            .into_inner();
+        Ok(ServingStatus::try_from(answer.status).unwrap_or(ServingStatus::Unknown))
+    }
+
+    /// Polls health (overall and for the service) until it reports `want`.
+    pub async fn wait_for(&self, want: ServingStatus) {
+        let deadline = tokio::time::Instant::now() + READY_TIMEOUT;
+        loop {
+            let overall = self.health("").await.ok();
+            let service = self.health(SERVICE).await.ok();
+            if overall == Some(want) && service == Some(want) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "health did not become {want:?} (now {overall:?}/{service:?})"
+            );
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    pub async fn verify_with(
+        &self,
+        token: &str,
+        expect: Option<Expectations>,
+    ) -> Result<VerifyResponse, tonic::Status> {
+        self.client().verify(VerifyRequest { token: token.to_owned(), expect }).await.map(|r| r.into_inner())
+    }
+
+    /// Verify, which must answer (not fail).
+    pub async fn verify(&self, token: &str) -> VerifyResponse {
+        self.verify_with(token, None).await.expect("Verify answers")
+    }
+
+    /// The reason Verify gives.
+    pub async fn reason(&self, token: &str) -> Reason {
+        Reason::try_from(self.verify(token).await.reason).unwrap()
+    }
+
+    pub async fn get_claims(&self, token: &str) -> Result<GetClaimsResponse, tonic::Status> {
+        self.client()
+            .get_claims(GetClaimsRequest { token: token.to_owned(), expect: None })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    /// Starts the drain and waits for the server to stop.
+    pub async fn stop(self) -> Result<(), ServeError> {
+        self.stop.cancel();
+        self.task.await.expect("server task")
+    }
+
+    /// Starts the drain without waiting.
+    pub fn begin_stop(&self) {
+        self.stop.cancel();
+    }
+
+    pub fn into_task(self) -> JoinHandle<Result<(), ServeError>> {
+        self.task
+    }
+}
