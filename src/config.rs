@@ -11,6 +11,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::keys::fetch::{check_key_url, is_loopback_host};
 use crate::keys::jwk::{Algorithm, AlgorithmSet};
 use crate::keys::{KeySource, RefreshSettings};
+use crate::verify::cache::{DEFAULT_TOKEN_CACHE_SIZE, MAX_TOKEN_CACHE_SIZE};
 use crate::verify::{Policy, TokenKind, TokenKinds};
 
 /// Largest accepted clock skew.
@@ -108,6 +109,10 @@ pub struct ServeArgs {
     /// Longest wait for in-flight calls after SIGTERM before the process exits anyway.
     #[arg(long, env = "INTROSPECT_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_grace: Duration,
+
+    /// Verified tokens remembered, so that a token sent again skips its signature check (about 100 bytes each; policy and expiry are checked on every call). 0 disables the cache.
+    #[arg(long, env = "INTROSPECT_TOKEN_CACHE_SIZE", default_value_t = DEFAULT_TOKEN_CACHE_SIZE, value_name = "TOKENS")]
+    pub token_cache_size: usize,
 }
 
 /// Flags of `demo`.
@@ -177,6 +182,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The clock (injected by tests).
     pub clock: Arc<dyn Clock>,
+    /// Most verified tokens remembered (0: no token cache).
+    pub token_cache_size: usize,
 }
 
 impl std::fmt::Debug for Config {
@@ -184,6 +191,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("issuers", &self.issuers)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("token_cache_size", &self.token_cache_size)
             .finish_non_exhaustive()
     }
 }
@@ -191,7 +199,12 @@ impl std::fmt::Debug for Config {
 impl Config {
     /// A configuration trusting `issuers`, with defaults elsewhere.
     pub fn new(issuers: Vec<IssuerConfig>) -> Self {
-        Self { issuers, shutdown_grace: Duration::from_secs(20), clock: Arc::new(SystemClock) }
+        Self {
+            issuers,
+            shutdown_grace: Duration::from_secs(20),
+            clock: Arc::new(SystemClock),
+            token_cache_size: DEFAULT_TOKEN_CACHE_SIZE,
+        }
     }
 
     /// Builds and validates the configuration from `serve`'s flags.
@@ -217,7 +230,21 @@ impl Config {
             issuer.policy = policy.clone();
             issuer.refresh = refresh;
         }
-        Ok(Config { issuers, shutdown_grace: args.shutdown_grace, clock: Arc::new(SystemClock) })
+        if args.token_cache_size > MAX_TOKEN_CACHE_SIZE {
+            return Err(ConfigError::new(
+                "--token-cache-size",
+                format!(
+                    "{} is more than the {MAX_TOKEN_CACHE_SIZE} allowed; {DEFAULT_TOKEN_CACHE_SIZE} (the default) covers 100k distinct tokens a minute, and 0 disables the cache",
+                    args.token_cache_size
+                ),
+            ));
+        }
+        Ok(Config {
+            issuers,
+            shutdown_grace: args.shutdown_grace,
+            clock: Arc::new(SystemClock),
+            token_cache_size: args.token_cache_size,
+        })
     }
 }
 
@@ -342,6 +369,16 @@ mod tests {
         assert_eq!(issuer.policy.roles, vec!["authenticated"]);
         assert_eq!(issuer.policy.clock_skew, Duration::from_secs(5));
         assert_eq!(issuer.refresh, RefreshSettings::default());
+        assert_eq!(config.token_cache_size, DEFAULT_TOKEN_CACHE_SIZE);
+    }
+
+    #[test]
+    fn token_cache_size_is_bounded_and_can_be_disabled() {
+        let off = serve(&["--issuer", "https://a.example.com", "--token-cache-size", "0"]).unwrap();
+        assert_eq!(Config::from_args(&off).unwrap().token_cache_size, 0);
+        let huge = serve(&["--issuer", "https://a.example.com", "--token-cache-size", "100000000"]).unwrap();
+        assert_eq!(Config::from_args(&huge).unwrap_err().flag, "--token-cache-size");
+        assert!(serve(&["--issuer", "https://a.example.com", "--token-cache-size", "-1"]).is_err());
     }
 
     #[test]

@@ -63,7 +63,7 @@ impl App {
             policy: Arc::new(i.policy.clone()),
             keys: IssuerKeys::start(Arc::from(i.issuer.as_str()), i.source.clone(), i.refresh, ctx.clone()),
         }));
-        let verifier = Arc::new(Verifier::new(trust, config.clock.clone()));
+        let verifier = Arc::new(Verifier::with_token_cache(trust, config.clock.clone(), config.token_cache_size));
         let readiness = Arc::new(Readiness::new(verifier.clone(), changed));
         Ok(App { verifier, readiness })
     }

@@ -13,7 +13,10 @@
 //!    [`Expectations`].
 //!
 //! Steps 1–5 produce a [`VerifiedToken`]; step 6 runs on every call.
+//! With a [`cache::TokenCache`], step 5 is skipped for a token whose exact
+//! bytes already verified with the very key step 4 chose.
 
+pub mod cache;
 pub mod claims;
 pub mod rejection;
 pub mod token;
@@ -26,6 +29,7 @@ use arc_swap::ArcSwap;
 use crate::clock::Clock;
 use crate::keys::jwk::{Algorithm, VerificationKey};
 use crate::keys::{IssuerKeys, KeyMatch, KeySet};
+use cache::{TokenCache, TokenDigest};
 pub use claims::{Claims, Policy, TokenKinds};
 pub use rejection::{Reason, Rejection};
 pub use token::TokenKind;
@@ -120,18 +124,31 @@ pub enum VerifyError {
 pub struct Verifier {
     trust: ArcSwap<Trust>,
     clock: Arc<dyn Clock>,
+    cache: Option<TokenCache>,
 }
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").finish_non_exhaustive()
+        f.debug_struct("Verifier").field("cache", &self.cache).finish_non_exhaustive()
     }
 }
 
 impl Verifier {
-    /// A verifier over `trust`, reading time from `clock`.
+    /// A verifier over `trust`, reading time from `clock`, without a
+    /// token cache (every call checks the signature).
     pub fn new(trust: Trust, clock: Arc<dyn Clock>) -> Self {
-        Self { trust: ArcSwap::from_pointee(trust), clock }
+        Self::with_token_cache(trust, clock, 0)
+    }
+
+    /// A verifier that remembers up to `cache_size` verified tokens (see
+    /// [`cache`]); 0 disables the cache.
+    pub fn with_token_cache(trust: Trust, clock: Arc<dyn Clock>, cache_size: usize) -> Self {
+        Self { trust: ArcSwap::from_pointee(trust), clock, cache: TokenCache::new(cache_size) }
+    }
+
+    /// The token cache, if enabled.
+    pub fn token_cache(&self) -> Option<&TokenCache> {
+        self.cache.as_ref()
     }
 
     /// The current trust set.
@@ -187,11 +204,25 @@ impl Verifier {
                 lookup(&set, Some(kid), alg, keys)?.ok_or_else(|| rejection::unknown_kid(kid, keys.issuer()))?
             }
         };
-        if !key.verify(alg, decoded.signing_input, decoded.signature()) {
+        // Step 5, unless this very token already verified with this very key.
+        let now = self.clock.unix_seconds();
+        let digest = self.cache.as_ref().map(|_| TokenDigest::of(token));
+        let cached = match (&self.cache, &digest) {
+            (Some(cache), Some(digest)) => cache.verified(digest, &key, alg, now),
+            _ => false,
+        };
+        tracing::Span::current().record("cached", cached);
+        if !cached && !key.verify(alg, decoded.signing_input, decoded.signature()) {
             return Err(rejection::BAD_SIGNATURE.into());
         }
         if decoded.claims.iss.get().is_none() {
             return Err(rejection::NO_ISSUER.into());
+        }
+        if !cached
+            && let (Some(cache), Some(digest), claims::Claim::Present(exp)) = (&self.cache, digest, &decoded.claims.exp)
+        {
+            let skew = i64::try_from(issuer.policy.clock_skew.as_secs()).unwrap_or(i64::MAX);
+            cache.insert(digest, &key, alg, exp.saturating_add(skew), now);
         }
         let kind = claims::effective_kind(decoded.header.kind, &decoded.claims);
         // The payload parsed as JSON, so it is UTF-8.

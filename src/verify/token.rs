@@ -4,6 +4,7 @@
 //! Header parameters that point at keys (`jku`, `x5u`, `jwk`, `x5c`) are
 //! never read: they are not even deserialized.
 
+use base64::DecodeSliceError;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
@@ -18,6 +19,8 @@ use crate::keys::jwk::{AlgClass, Algorithm};
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// Largest decoded signature (an 8192-bit RSA signature).
 pub const MAX_SIGNATURE_BYTES: usize = 1024;
+/// Decoded headers up to this size are decoded on the stack.
+const HEADER_STACK_BYTES: usize = 512;
 
 /// Clerk's `cat` (category) header values (`@clerk/backend` `jwtCategories.ts`).
 pub mod category {
@@ -149,13 +152,23 @@ pub fn decode(token: &str) -> Result<Decoded<'_>, Rejection> {
         return Err(r::NOT_THREE_PARTS);
     }
 
-    let header_bytes = URL_SAFE_NO_PAD.decode(h64).map_err(|_| r::BAD_BASE64)?;
-    let raw: RawHeader<'_> = serde_json::from_slice(&header_bytes).map_err(|_| r::HEADER_NOT_OBJECT)?;
+    // Headers are small: decode on the stack, on the heap only if large.
+    let mut header_stack = [0u8; HEADER_STACK_BYTES];
+    let header_heap: Vec<u8>;
+    let header_bytes: &[u8] = match URL_SAFE_NO_PAD.decode_slice(h64, &mut header_stack) {
+        Ok(n) => &header_stack[..n],
+        Err(DecodeSliceError::OutputSliceTooSmall) => {
+            header_heap = URL_SAFE_NO_PAD.decode(h64).map_err(|_| r::BAD_BASE64)?;
+            &header_heap
+        }
+        Err(DecodeSliceError::DecodeError(_)) => return Err(r::BAD_BASE64),
+    };
+    let raw: RawHeader<'_> = serde_json::from_slice(header_bytes).map_err(|_| r::HEADER_NOT_OBJECT)?;
     if raw.crit.is_some() {
         return Err(r::CRIT);
     }
     let alg_name = raw.alg.ok_or(r::HEADER_NOT_OBJECT)?;
-    let payload = URL_SAFE_NO_PAD.decode(p64).map_err(|_| r::BAD_BASE64)?;
+    let payload = decode_exact(p64)?;
     // Parsed once, here; nothing in it is trusted until the signature verifies.
     let claims = Claims::parse(&payload).ok_or(r::PAYLOAD_NOT_OBJECT)?;
     let mut signature = [0u8; MAX_SIGNATURE_BYTES];
@@ -184,6 +197,21 @@ pub fn decode(token: &str) -> Result<Decoded<'_>, Rejection> {
         signature,
         signature_len,
     })
+}
+
+/// Decodes unpadded base64url into a buffer of exactly the decoded size
+/// (so that it becomes a `Box<str>` without reallocating).
+fn decode_exact(b64: &str) -> Result<Vec<u8>, Rejection> {
+    let len = b64.len() / 4 * 3
+        + match b64.len() % 4 {
+            2 => 1,
+            3 => 2,
+            _ => 0,
+        };
+    let mut out = vec![0u8; len];
+    let n = URL_SAFE_NO_PAD.decode_slice(b64, &mut out).map_err(|_| r::BAD_BASE64)?;
+    out.truncate(n);
+    Ok(out)
 }
 
 fn memchr_iter(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
@@ -288,6 +316,24 @@ mod tests {
         assert_eq!(kind_from_header(Some("application/at+jwt"), None), TokenKind::OAuth);
         assert_eq!(kind_from_header(Some("JOSE"), None), TokenKind::Unrecognized);
         assert_eq!(kind_from_header(None, Some("cl_other")), TokenKind::Unrecognized);
+    }
+
+    #[test]
+    fn large_headers_and_every_payload_length_decode() {
+        let big = format!(r#"{{"alg":"RS256","kid":"{}"}}"#, "k".repeat(2000));
+        let t = tok(&big, r#"{"a":1}"#);
+        let d = decode(&t).unwrap();
+        assert_eq!(d.header.kid.as_deref().map(str::len), Some(2000));
+        for n in 0..40 {
+            let payload = format!(r#"{{"a":"{}"}}"#, "x".repeat(n));
+            let t = tok(r#"{"alg":"RS256"}"#, &payload);
+            let d = decode(&t).unwrap();
+            assert_eq!(d.payload, payload.as_bytes());
+            assert_eq!(d.payload.capacity(), d.payload.len(), "exactly sized");
+        }
+        // A payload part of 4n+1 characters is never valid base64url.
+        let t = format!("{}.{}x.{}", b64(r#"{"alg":"RS256"}"#), b64(r#"{"a":1}"#), b64("sig"));
+        assert_eq!(reason(&t), Reason::Malformed);
     }
 
     #[test]
