@@ -1,0 +1,871 @@
+//! Load generator: the real server binary against a loopback test issuer,
+//! driven over HTTP/2 with many concurrent streams.
+//!
+//! It starts `clerk-introspect serve` as a child process (twice: with the
+//! default token cache, then with `--token-cache-size 0`), pinned to its own
+//! CPUs with `taskset` when available, and drives it from this process
+//! through raw `h2` connections (pre-encoded gRPC requests, so that the
+//! client spends as little as possible per call). Scenarios:
+//!
+//! - `Health/Check`: `grpc.health.v1.Health/Check`, the transport ceiling;
+//! - `Verify hot`: one RS256 token, over and over (a token-cache hit);
+//! - `Verify 10k RS256` / `10k ES256`: 10 000 distinct tokens in turn;
+//! - the same at 50 % of the measured peak rate (open loop), for latency;
+//! - RSS of the server after 100 000 distinct tokens were verified.
+//!
+//! Before the load it measures single-threaded signature verification
+//! rates (aws-lc-rs as the service uses it, and ring) on this machine: the
+//! crypto ceiling is the RS256 rate times the server's cores.
+//!
+//! Run it with `scripts/bench.sh` (or `cargo bench --bench loadgen --
+//! --help`). Latencies are measured by the client, from sending a request
+//! to receiving its trailers, so they include the client's own scheduling:
+//! an upper bound on the server's latency.
+
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use clerk_introspect::keys::jwk::{Algorithm, VerificationKey, key_from_jwk_json};
+use clerk_introspect::pb::VerifyRequest;
+use clerk_introspect::test_issuer::{TestIssuer, TestKey};
+use h2::client::SendRequest;
+use http::{Method, Request, Uri};
+use prost::Message as _;
+use serde_json::json;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+const HEALTH: &str = "/grpc.health.v1.Health/Check";
+const VERIFY: &str = "/introspect.v1.TokenIntrospection/Verify";
+const MAX_OUTSTANDING: usize = 20_000;
+
+const USAGE: &str = "\
+usage: cargo bench --bench loadgen -- [options]
+  --duration SECS        measured seconds per scenario (default 10)
+  --warmup SECS          warm-up seconds per scenario (default 2)
+  --connections N        HTTP/2 connections (default 4)
+  --streams N            requests in flight per connection (default 32)
+  --distinct N           distinct tokens per algorithm (default 10000)
+  --rss-tokens N         distinct tokens verified before reading RSS (default 100000)
+  --server-cpus LIST     taskset CPU list of the server (default 0)
+  --client-cpus LIST     taskset CPU list of this load generator (default 1)
+  --server-threads N     server Tokio worker threads (default: CPUs in --server-cpus)
+  --client-threads N     load generator worker threads (default: CPUs in --client-cpus)
+  --no-pin               no taskset; both sides float over every CPU
+  --server-bin PATH      server binary (default: the one cargo built)
+  --quick                3 s scenarios, 1 s warm-up, 2000 distinct, 20000 for RSS";
+
+#[derive(Clone, Debug)]
+struct Args {
+    duration: Duration,
+    warmup: Duration,
+    connections: usize,
+    streams: usize,
+    distinct: usize,
+    rss_tokens: usize,
+    server_cpus: Option<String>,
+    client_cpus: Option<String>,
+    server_threads: usize,
+    client_threads: usize,
+    server_bin: PathBuf,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let cores = machine_cores();
+    let mut a = Args {
+        duration: Duration::from_secs(10),
+        warmup: Duration::from_secs(2),
+        connections: 4,
+        streams: 32,
+        distinct: 10_000,
+        rss_tokens: 100_000,
+        server_cpus: Some("0".into()),
+        client_cpus: Some(if cores > 1 { "1".into() } else { "0".into() }),
+        server_threads: 0,
+        client_threads: 0,
+        server_bin: PathBuf::from(env!("CARGO_BIN_EXE_clerk-introspect")),
+    };
+    let mut it = std::env::args().skip(1);
+    let num = |v: Option<String>, flag: &str| -> Result<u64, String> {
+        v.as_deref().and_then(|v| v.parse().ok()).ok_or_else(|| format!("{flag} needs a number\n{USAGE}"))
+    };
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--duration" => a.duration = Duration::from_secs(num(it.next(), &arg)?),
+            "--warmup" => a.warmup = Duration::from_secs(num(it.next(), &arg)?),
+            "--connections" => a.connections = num(it.next(), &arg)?.max(1) as usize,
+            "--streams" => a.streams = num(it.next(), &arg)?.max(1) as usize,
+            "--distinct" => a.distinct = num(it.next(), &arg)?.max(1) as usize,
+            "--rss-tokens" => a.rss_tokens = num(it.next(), &arg)? as usize,
+            "--server-cpus" => a.server_cpus = it.next(),
+            "--client-cpus" => a.client_cpus = it.next(),
+            "--server-threads" => a.server_threads = num(it.next(), &arg)? as usize,
+            "--client-threads" => a.client_threads = num(it.next(), &arg)? as usize,
+            "--no-pin" => (a.server_cpus, a.client_cpus) = (None, None),
+            "--server-bin" => a.server_bin = it.next().ok_or("--server-bin needs a path")?.into(),
+            "--quick" => {
+                a.duration = Duration::from_secs(3);
+                a.warmup = Duration::from_secs(1);
+                a.distinct = 2_000;
+                a.rss_tokens = 20_000;
+            }
+            // `cargo bench` passes --bench to every bench target.
+            "--bench" => {}
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown option {other}\n{USAGE}")),
+        }
+    }
+    if !taskset_available() {
+        (a.server_cpus, a.client_cpus) = (None, None);
+    }
+    let count = |cpus: &Option<String>| cpus.as_deref().map_or(cores, cpu_count);
+    if a.server_threads == 0 {
+        a.server_threads = count(&a.server_cpus);
+    }
+    if a.client_threads == 0 {
+        a.client_threads = count(&a.client_cpus);
+    }
+    Ok(a)
+}
+
+fn main() {
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(if e == USAGE { 0 } else { 64 });
+        }
+    };
+    // Pin this process before any thread is started: threads inherit it.
+    if let Some(cpus) = &args.client_cpus {
+        let status = Command::new("taskset")
+            .args(["-p", "-c", cpus, &std::process::id().to_string()])
+            .stdout(Stdio::null())
+            .status();
+        if !status.is_ok_and(|s| s.success()) {
+            eprintln!("loadgen: taskset failed; continuing unpinned");
+        }
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.client_threads)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Err(e) = runtime.block_on(run(args)) {
+        eprintln!("loadgen: {e}");
+        std::process::exit(1);
+    }
+}
+
+// ---------------------------------------------------------------- the run
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+async fn run(args: Args) -> Result<(), Error> {
+    let mut report = String::new();
+    let load_before = loadavg();
+    writeln!(report, "## Machine\n")?;
+    writeln!(report, "- CPU: {} × {}", machine_cores(), cpu_model())?;
+    writeln!(report, "- kernel {}, load average at start {}", kernel(), load_before)?;
+    writeln!(
+        report,
+        "- server: `{}` pinned to CPUs {} with {} Tokio worker thread(s); load generator: CPUs {}, {} thread(s); {} HTTP/2 connections × {} requests in flight",
+        args.server_bin.file_name().unwrap_or_default().to_string_lossy(),
+        args.server_cpus.as_deref().unwrap_or("all (not pinned)"),
+        args.server_threads,
+        args.client_cpus.as_deref().unwrap_or("all (not pinned)"),
+        args.client_threads,
+        args.connections,
+        args.streams
+    )?;
+    writeln!(
+        report,
+        "- {} s measured per scenario after {} s of warm-up; latency from request sent to trailers received, at the client\n",
+        args.duration.as_secs(),
+        args.warmup.as_secs()
+    )?;
+    eprint!("{report}");
+
+    // Keys and tokens.
+    let rs = TestKey::rsa("bench-rs256");
+    let es = TestKey::es256("bench-es256");
+    let issuer = TestIssuer::start(vec![rs.clone(), es.clone()]).await?;
+    let iss = issuer.issuer().to_owned();
+
+    eprintln!("measuring single-threaded signature checks…");
+    let crypto = crypto_rates(&rs, &es, &iss);
+    writeln!(report, "## Signature checks, one thread, this machine\n")?;
+    writeln!(report, "| algorithm | aws-lc-rs (keys parsed once, as served) | ring 0.17 (parses the key per call) |")?;
+    writeln!(report, "|---|---|---|")?;
+    for (alg, aws, ring) in &crypto {
+        writeln!(report, "| {alg} | {aws:.0}/s ({:.1} µs) | {ring:.0}/s ({:.1} µs) |", 1e6 / aws, 1e6 / ring)?;
+    }
+    let rs_rate = crypto[0].1;
+    let server_cores = args.server_cpus.as_deref().map_or(machine_cores(), cpu_count);
+    let crypto_ceiling = rs_rate * server_cores as f64;
+    writeln!(
+        report,
+        "\nCrypto ceiling (RS256, aws-lc-rs) = {rs_rate:.0}/s × {server_cores} server core(s) = {crypto_ceiling:.0}/s\n"
+    )?;
+
+    eprintln!("minting {} RS256 and {} ES256 tokens…", args.distinct, args.rss_tokens.max(args.distinct));
+    let started = Instant::now();
+    let hot = Arc::new(vec![verify_body(&rs.mint(&claims(&iss, 0)))]);
+    let rs_bodies: Arc<Vec<Bytes>> =
+        Arc::new((1..=args.distinct).map(|i| verify_body(&rs.mint(&claims(&iss, i)))).collect());
+    let es_all: Vec<Bytes> =
+        (1..=args.rss_tokens.max(args.distinct)).map(|i| verify_body(&es.mint(&claims(&iss, 1_000_000 + i)))).collect();
+    let es_bodies = Arc::new(es_all[..args.distinct].to_vec());
+    let es_all = Arc::new(es_all);
+    eprintln!("minted in {:.1} s", started.elapsed().as_secs_f64());
+    let health = Arc::new(vec![grpc_frame(&[])]);
+
+    let mut rows = Vec::new();
+
+    // Server A: the default configuration (token cache on).
+    let a = ServerProc::spawn(&args, &iss, &[]).await?;
+    let target = Target::connect(a.addr, args.connections).await?;
+    let peak_health = target.closed("Health/Check", HEALTH, &health, &args, &a).await;
+    let peak_hot = target.closed("Verify hot token (cached)", VERIFY, &hot, &args, &a).await;
+    target.prime(VERIFY, &rs_bodies).await;
+    let rs_cached =
+        target.closed(&format!("Verify {} RS256 tokens (cached)", args.distinct), VERIFY, &rs_bodies, &args, &a).await;
+    target.prime(VERIFY, &es_bodies).await;
+    let es_cached =
+        target.closed(&format!("Verify {} ES256 tokens (cached)", args.distinct), VERIFY, &es_bodies, &args, &a).await;
+    let half_hot =
+        target.open("Verify hot token at 50 % of its peak", VERIFY, &hot, peak_hot.rate() / 2.0, &args, &a).await;
+    let half_health =
+        target.open("Health/Check at 50 % of its peak", HEALTH, &health, peak_health.rate() / 2.0, &args, &a).await;
+    eprintln!("verifying {} distinct ES256 tokens for the RSS reading…", es_all.len());
+    let rss_before = a.memory();
+    let primed = target.prime(VERIFY, &es_all).await;
+    let rss_after = a.memory();
+    drop(target);
+    drop(a);
+    rows.extend([peak_health.clone(), peak_hot.clone(), rs_cached, es_cached, half_hot.clone(), half_health]);
+
+    // Server B: the token cache disabled: every call checks the signature.
+    let b = ServerProc::spawn(&args, &iss, &["--token-cache-size", "0"]).await?;
+    let target = Target::connect(b.addr, args.connections).await?;
+    let health_b = target.closed("Health/Check", HEALTH, &health, &args, &b).await;
+    let rs_plain = target
+        .closed(&format!("Verify {} RS256 tokens (no cache)", args.distinct), VERIFY, &rs_bodies, &args, &b)
+        .await;
+    let es_plain = target
+        .closed(&format!("Verify {} ES256 tokens (no cache)", args.distinct), VERIFY, &es_bodies, &args, &b)
+        .await;
+    let half_rs = target
+        .open(
+            &format!("Verify {} RS256 (no cache) at 50 % of its peak", args.distinct),
+            VERIFY,
+            &rs_bodies,
+            rs_plain.rate() / 2.0,
+            &args,
+            &b,
+        )
+        .await;
+    drop(target);
+    drop(b);
+    rows.extend([health_b.clone(), rs_plain.clone(), es_plain, half_rs.clone()]);
+
+    writeln!(report, "## Load\n")?;
+    writeln!(
+        report,
+        "| scenario | server | requests/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU per request |"
+    )?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|")?;
+    for r in &rows {
+        writeln!(report, "{}", r.row())?;
+    }
+    writeln!(
+        report,
+        "\nRSS of the cached server: {:.1} MiB before and {:.1} MiB after verifying {} distinct ES256 tokens ({} errors); peak (VmHWM) {:.1} MiB\n",
+        rss_before.0,
+        rss_after.0,
+        es_all.len(),
+        primed,
+        rss_after.1
+    )?;
+
+    let transport = health_b.rate().min(crypto_ceiling);
+    let checks = [
+        ("hot Verify / Health (cached server)".to_owned(), peak_hot.rate() / peak_health.rate(), 0.85, true),
+        (
+            format!("10k RS256 (no cache) / min(transport {:.0}/s, crypto {:.0}/s)", health_b.rate(), crypto_ceiling),
+            rs_plain.rate() / transport,
+            0.7,
+            true,
+        ),
+        ("p99 of hot Verify at 50 % load (ms)".to_owned(), half_hot.percentile(0.99) * 1e3, 1.0, false),
+        ("p99 of 10k RS256 (no cache) at 50 % load (ms)".to_owned(), half_rs.percentile(0.99) * 1e3, 1.0, false),
+        (format!("RSS after {} distinct tokens (MiB)", es_all.len()), rss_after.0, 64.0, false),
+    ];
+    writeln!(report, "## Targets\n\n| target | measured | goal | met |\n|---|---|---|---|")?;
+    for (what, value, goal, at_least) in checks {
+        let met = if at_least { value >= goal } else { value < goal };
+        let goal = if at_least { format!("≥ {goal}") } else { format!("< {goal}") };
+        writeln!(report, "| {what} | {value:.2} | {goal} | {} |", if met { "yes" } else { "**no**" })?;
+    }
+    writeln!(report, "\nLoad average at the end: {}", loadavg())?;
+    println!("{report}");
+    Ok(())
+}
+
+// ------------------------------------------------------------- the tokens
+
+fn claims(iss: &str, i: usize) -> serde_json::Value {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    json!({
+        "azp": "https://app.example.com",
+        "exp": now + 3600,
+        "fva": [0, -1],
+        "iat": now,
+        "iss": iss,
+        "jti": format!("{i:020x}"),
+        "nbf": now - 10,
+        "role": "authenticated",
+        "sid": format!("sess_{i:027}"),
+        "sts": "active",
+        "sub": format!("user_{i:027}"),
+        "v": 2,
+    })
+}
+
+fn grpc_frame(message: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(5 + message.len());
+    out.push(0);
+    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    out.extend_from_slice(message);
+    out.into()
+}
+
+fn verify_body(token: &str) -> Bytes {
+    grpc_frame(&VerifyRequest { token: token.to_owned(), expect: None }.encode_to_vec())
+}
+
+// ---------------------------------------------------------------- crypto
+
+/// Single-threaded verifications per second: (alg, aws-lc-rs, ring).
+fn crypto_rates(rs: &TestKey, es: &TestKey, iss: &str) -> Vec<(Algorithm, f64, f64)> {
+    let ed = TestKey::generate("bench-ed", Algorithm::EdDSA);
+    let mut out = Vec::new();
+    for key in [rs, es, &ed] {
+        let token = key.mint(&claims(iss, 0));
+        let (input, sig) = token.rsplit_once('.').unwrap();
+        let (msg, sig) = (input.as_bytes(), URL_SAFE_NO_PAD.decode(sig).unwrap());
+        let parsed: VerificationKey = key_from_jwk_json(key.jwk()).unwrap();
+        let alg = key.alg();
+        let aws = rate(|| assert!(parsed.verify(alg, msg, &sig)));
+        let b = |m: &str| URL_SAFE_NO_PAD.decode(key.jwk()[m].as_str().unwrap()).unwrap();
+        let ring = {
+            use ring::signature as s;
+            match alg {
+                Algorithm::RS256 => {
+                    let (n, e) = (b("n"), b("e"));
+                    let k = s::RsaPublicKeyComponents { n: &n, e: &e };
+                    rate(|| k.verify(&s::RSA_PKCS1_2048_8192_SHA256, msg, &sig).unwrap())
+                }
+                Algorithm::ES256 => {
+                    let k = s::UnparsedPublicKey::new(&s::ECDSA_P256_SHA256_FIXED, [vec![4], b("x"), b("y")].concat());
+                    rate(|| k.verify(msg, &sig).unwrap())
+                }
+                _ => {
+                    let k = s::UnparsedPublicKey::new(&s::ED25519, b("x"));
+                    rate(|| k.verify(msg, &sig).unwrap())
+                }
+            }
+        };
+        out.push((alg, aws, ring));
+    }
+    out
+}
+
+/// Calls per second of `f` over about one second (after a short warm-up).
+fn rate(mut f: impl FnMut()) -> f64 {
+    let warm = Instant::now();
+    while warm.elapsed() < Duration::from_millis(200) {
+        f();
+    }
+    let (start, mut n) = (Instant::now(), 0u64);
+    while start.elapsed() < Duration::from_secs(1) {
+        for _ in 0..16 {
+            f();
+        }
+        n += 16;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+// ---------------------------------------------------------------- server
+
+struct ServerProc {
+    child: Child,
+    addr: SocketAddr,
+    label: String,
+    tick: f64,
+}
+
+impl ServerProc {
+    async fn spawn(args: &Args, issuer: &str, extra: &[&str]) -> Result<ServerProc, Error> {
+        let port = StdListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut cmd = match &args.server_cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", cpus]).arg(&args.server_bin);
+                c
+            }
+            None => Command::new(&args.server_bin),
+        };
+        let log = std::env::temp_dir().join(format!("clerk-introspect-loadgen-{port}.log"));
+        cmd.args(["serve", "--listen", &addr.to_string(), "--issuer", issuer])
+            .args(extra)
+            .env("TOKIO_WORKER_THREADS", args.server_threads.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
+        let child = cmd.spawn()?;
+        let label = if extra.is_empty() { "default".to_owned() } else { extra.join(" ") };
+        let server = ServerProc { child, addr, label, tick: clock_tick() };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(t) = Target::connect(addr, 1).await
+                && t.call_once(HEALTH, grpc_frame(&[])).await.is_ok()
+            {
+                eprintln!("server ({}) serving on {addr}, log {}", server.label, log.display());
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the server did not become SERVING within 30 s; see {}", log.display()).into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User + system CPU time used so far.
+    fn cpu(&self) -> Duration {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        // Fields after the command name (which is in parentheses).
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: f64 = [11, 12].iter().filter_map(|i| fields.get(*i)?.parse::<f64>().ok()).sum();
+        Duration::from_secs_f64(ticks / self.tick)
+    }
+
+    /// (VmRSS, VmHWM) in MiB.
+    fn memory(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let kib = |name: &str| {
+            status
+                .lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+                .unwrap_or(f64::NAN)
+        };
+        (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------- client
+
+#[derive(Clone)]
+struct Target {
+    conns: Vec<SendRequest<Bytes>>,
+    authority: String,
+}
+
+/// Why a call failed.
+enum CallError {
+    Transport(String),
+    Status(String),
+    NotValid,
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Transport(e) => write!(f, "transport: {e}"),
+            CallError::Status(s) => write!(f, "{s}"),
+            CallError::NotValid => f.write_str("answer not valid/SERVING"),
+        }
+    }
+}
+
+const WARMUP: u8 = 0;
+const MEASURE: u8 = 1;
+const STOP: u8 = 2;
+
+impl Target {
+    async fn connect(addr: SocketAddr, connections: usize) -> Result<Target, Error> {
+        let mut conns = Vec::new();
+        for _ in 0..connections {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            tcp.set_nodelay(true)?;
+            let (send, conn) = h2::client::Builder::new()
+                .initial_window_size(1 << 20)
+                .initial_connection_window_size(1 << 22)
+                .handshake::<_, Bytes>(tcp)
+                .await?;
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            conns.push(send);
+        }
+        Ok(Target { conns, authority: addr.to_string() })
+    }
+
+    fn uri(&self, path: &str) -> Uri {
+        format!("http://{}{path}", self.authority).parse().expect("URI")
+    }
+
+    async fn call_once(&self, path: &str, body: Bytes) -> Result<(), CallError> {
+        call(&self.conns[0], &self.uri(path), body).await
+    }
+
+    /// Closed loop: every connection keeps `streams` calls in flight, taking
+    /// bodies in turn; warm-up, then `duration` measured.
+    async fn closed(
+        &self,
+        name: &str,
+        path: &str,
+        bodies: &Arc<Vec<Bytes>>,
+        args: &Args,
+        server: &ServerProc,
+    ) -> Stats {
+        eprintln!("{name}…");
+        let uri = self.uri(path);
+        let next = Arc::new(AtomicUsize::new(0));
+        let phase = Arc::new(AtomicU8::new(WARMUP));
+        let mut workers = JoinSet::new();
+        for conn in &self.conns {
+            for _ in 0..args.streams {
+                let (conn, uri, bodies, next, phase) =
+                    (conn.clone(), uri.clone(), bodies.clone(), next.clone(), phase.clone());
+                workers.spawn(async move {
+                    let mut w = Worker::default();
+                    loop {
+                        let started_in = phase.load(Ordering::Relaxed);
+                        if started_in == STOP {
+                            return w;
+                        }
+                        let body = bodies[next.fetch_add(1, Ordering::Relaxed) % bodies.len()].clone();
+                        let t0 = Instant::now();
+                        let result = call(&conn, &uri, body).await;
+                        let ns = t0.elapsed().as_nanos().min(u32::MAX as u128) as u32;
+                        if started_in == MEASURE && phase.load(Ordering::Relaxed) == MEASURE {
+                            w.record(ns, result);
+                        }
+                    }
+                });
+            }
+        }
+        tokio::time::sleep(args.warmup).await;
+        let cpu0 = server.cpu();
+        let t0 = Instant::now();
+        phase.store(MEASURE, Ordering::Relaxed);
+        tokio::time::sleep(args.duration).await;
+        phase.store(STOP, Ordering::Relaxed);
+        let elapsed = t0.elapsed();
+        let cpu = server.cpu().saturating_sub(cpu0);
+        let mut stats = Stats::new(name, &server.label, elapsed, cpu);
+        while let Some(w) = workers.join_next().await {
+            stats.merge(w.expect("worker"));
+        }
+        stats.finish();
+        eprintln!("  {}", stats.row());
+        stats
+    }
+
+    /// Sends every body once, as fast as the connections allow; returns the
+    /// number of failed calls.
+    async fn prime(&self, path: &str, bodies: &Arc<Vec<Bytes>>) -> usize {
+        let uri = self.uri(path);
+        let next = Arc::new(AtomicUsize::new(0));
+        let errors = Arc::new(AtomicUsize::new(0));
+        let mut workers = JoinSet::new();
+        for conn in &self.conns {
+            for _ in 0..16 {
+                let (conn, uri, bodies, next, errors) =
+                    (conn.clone(), uri.clone(), bodies.clone(), next.clone(), errors.clone());
+                workers.spawn(async move {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(body) = bodies.get(i) else { return };
+                        if call(&conn, &uri, body.clone()).await.is_err() {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+        }
+        while workers.join_next().await.is_some() {}
+        errors.load(Ordering::Relaxed)
+    }
+
+    /// Open loop: calls started at `rate` per second whatever the answers'
+    /// pace (requests due in the same timer tick, 1 ms, leave together).
+    async fn open(
+        &self,
+        name: &str,
+        path: &str,
+        bodies: &Arc<Vec<Bytes>>,
+        rate: f64,
+        args: &Args,
+        server: &ServerProc,
+    ) -> Stats {
+        eprintln!("{name} ({rate:.0}/s)…");
+        let uri = self.uri(path);
+        let shared = Arc::new(Mutex::new(Worker::default()));
+        let permits = Arc::new(Semaphore::new(MAX_OUTSTANDING));
+        let mut dropped = 0usize;
+        let run = |duration: Duration, measure: bool| {
+            let (uri, shared, permits) = (uri.clone(), shared.clone(), permits.clone());
+            let conns = self.conns.clone();
+            let bodies = bodies.clone();
+            async move {
+                let total = (rate * duration.as_secs_f64()) as usize;
+                let start = tokio::time::Instant::now();
+                let mut dropped = 0;
+                for i in 0..total {
+                    let due = start + Duration::from_secs_f64(i as f64 / rate);
+                    if due > tokio::time::Instant::now() {
+                        tokio::time::sleep_until(due).await;
+                    }
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        dropped += 1;
+                        continue;
+                    };
+                    let conn = conns[i % conns.len()].clone();
+                    let (uri, body, shared) = (uri.clone(), bodies[i % bodies.len()].clone(), shared.clone());
+                    tokio::spawn(async move {
+                        let t0 = Instant::now();
+                        let result = call(&conn, &uri, body).await;
+                        let ns = t0.elapsed().as_nanos().min(u32::MAX as u128) as u32;
+                        if measure {
+                            shared.lock().unwrap().record(ns, result);
+                        }
+                        drop(permit);
+                    });
+                }
+                let _ = permits.acquire_many(MAX_OUTSTANDING as u32).await;
+                dropped
+            }
+        };
+        run(args.warmup, false).await;
+        let cpu0 = server.cpu();
+        let t0 = Instant::now();
+        dropped += run(args.duration, true).await;
+        let elapsed = t0.elapsed();
+        let cpu = server.cpu().saturating_sub(cpu0);
+        let mut stats = Stats::new(name, &server.label, elapsed, cpu);
+        stats.merge(std::mem::take(&mut *shared.lock().unwrap()));
+        stats.errors += dropped;
+        stats.finish();
+        eprintln!("  {}", stats.row());
+        stats
+    }
+}
+
+/// One gRPC call over raw HTTP/2: the response must be status 0 and its
+/// message must start with field 1 = true (`VerifyResponse.valid`, or
+/// `HealthCheckResponse.status` = SERVING).
+async fn call(conn: &SendRequest<Bytes>, uri: &Uri, body: Bytes) -> Result<(), CallError> {
+    let t = |e: h2::Error| CallError::Transport(e.to_string());
+    let mut send = conn.clone().ready().await.map_err(t)?;
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(uri.clone())
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (response, mut stream) = send.send_request(request, false).map_err(t)?;
+    stream.send_data(body, true).map_err(t)?;
+    let response = response.await.map_err(t)?;
+    let (parts, mut recv) = response.into_parts();
+    if parts.status != http::StatusCode::OK {
+        return Err(CallError::Status(format!("HTTP {}", parts.status)));
+    }
+    if let Some(status) = parts.headers.get("grpc-status") {
+        return Err(CallError::Status(format!("grpc-status {status:?} (trailers only)")));
+    }
+    let mut head = [0u8; 7];
+    let mut have = 0;
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.map_err(t)?;
+        let _ = recv.flow_control().release_capacity(chunk.len());
+        let take = chunk.len().min(head.len() - have);
+        head[have..have + take].copy_from_slice(&chunk[..take]);
+        have += take;
+    }
+    let trailers = recv.trailers().await.map_err(t)?.unwrap_or_default();
+    match trailers.get("grpc-status").map(|v| v.as_bytes()) {
+        Some(b"0") => {}
+        other => return Err(CallError::Status(format!("grpc-status {other:?}"))),
+    }
+    if have < 7 || head[5..7] != [0x08, 0x01] {
+        return Err(CallError::NotValid);
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------- statistics
+
+#[derive(Default)]
+struct Worker {
+    latencies: Vec<u32>,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+impl Worker {
+    fn record(&mut self, ns: u32, result: Result<(), CallError>) {
+        match result {
+            Ok(()) => self.latencies.push(ns),
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Stats {
+    name: String,
+    server: String,
+    elapsed: Duration,
+    server_cpu: Duration,
+    latencies: Vec<u32>,
+    errors: usize,
+    first_error: Option<String>,
+}
+
+impl Stats {
+    fn new(name: &str, server: &str, elapsed: Duration, server_cpu: Duration) -> Stats {
+        Stats {
+            name: name.to_owned(),
+            server: server.to_owned(),
+            elapsed,
+            server_cpu,
+            latencies: Vec::new(),
+            errors: 0,
+            first_error: None,
+        }
+    }
+
+    fn merge(&mut self, w: Worker) {
+        self.latencies.extend(w.latencies);
+        self.errors += w.errors;
+        if self.first_error.is_none() {
+            self.first_error = w.first_error;
+        }
+    }
+
+    fn finish(&mut self) {
+        self.latencies.sort_unstable();
+    }
+
+    /// Successful calls per second.
+    fn rate(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// The `q` quantile of latency, in seconds.
+    fn percentile(&self, q: f64) -> f64 {
+        if self.latencies.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((q * self.latencies.len() as f64).ceil() as usize).clamp(1, self.latencies.len());
+        f64::from(self.latencies[rank - 1]) / 1e9
+    }
+
+    fn row(&self) -> String {
+        let done = self.latencies.len() + self.errors;
+        let cpu = if done == 0 { f64::NAN } else { self.server_cpu.as_secs_f64() * 1e6 / done as f64 };
+        let errors = match &self.first_error {
+            Some(e) => format!("{} ({e})", self.errors),
+            None => self.errors.to_string(),
+        };
+        format!(
+            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {:.1} µs |",
+            self.name,
+            self.server,
+            self.rate(),
+            self.percentile(0.5) * 1e3,
+            self.percentile(0.99) * 1e3,
+            self.percentile(0.999) * 1e3,
+            errors,
+            cpu
+        )
+    }
+}
+
+// ---------------------------------------------------------------- machine
+
+fn machine_cores() -> usize {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines().filter(|l| l.starts_with("processor")).count().max(1)
+}
+
+fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    info.lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map_or_else(|| "unknown CPU".to_owned(), |(_, m)| m.trim().to_owned())
+}
+
+fn kernel() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_owned()
+}
+
+fn loadavg() -> String {
+    let l = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    l.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// Number of CPUs in a taskset list such as `0`, `0,2` or `0-3`.
+fn cpu_count(list: &str) -> usize {
+    list.split(',')
+        .map(|part| match part.split_once('-') {
+            Some((a, b)) => b.trim().parse::<usize>().unwrap_or(0).saturating_sub(a.trim().parse().unwrap_or(0)) + 1,
+            None => 1,
+        })
+        .sum::<usize>()
+        .max(1)
+}
+
+fn taskset_available() -> bool {
+    Command::new("taskset").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux).
+fn clock_tick() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+        .unwrap_or(100.0)
+}
