@@ -61,6 +61,9 @@ usage: cargo bench --bench loadgen -- [options]
   --client-threads N     load generator worker threads (default: CPUs in --client-cpus)
   --no-pin               no taskset; both sides float over every CPU
   --server-bin PATH      server binary (default: the one cargo built)
+  --server-env KEY=VAL   extra environment of the server (repeatable), e.g. RUST_LOG=warn
+  --scenarios LIST       comma-separated subset of: crypto, health, hot, cached,
+                         uncached, half, rss (default: all)
   --quick                3 s scenarios, 1 s warm-up, 2000 distinct, 20000 for RSS";
 
 #[derive(Clone, Debug)]
@@ -76,6 +79,14 @@ struct Args {
     server_threads: usize,
     client_threads: usize,
     server_bin: PathBuf,
+    scenarios: Vec<String>,
+    server_env: Vec<(String, String)>,
+}
+
+impl Args {
+    fn wants(&self, scenario: &str) -> bool {
+        self.scenarios.iter().any(|s| s == scenario || s == "all")
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -92,6 +103,8 @@ fn parse_args() -> Result<Args, String> {
         server_threads: 0,
         client_threads: 0,
         server_bin: PathBuf::from(env!("CARGO_BIN_EXE_clerk-introspect")),
+        scenarios: vec!["all".into()],
+        server_env: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>, flag: &str| -> Result<u64, String> {
@@ -111,6 +124,14 @@ fn parse_args() -> Result<Args, String> {
             "--client-threads" => a.client_threads = num(it.next(), &arg)? as usize,
             "--no-pin" => (a.server_cpus, a.client_cpus) = (None, None),
             "--server-bin" => a.server_bin = it.next().ok_or("--server-bin needs a path")?.into(),
+            "--scenarios" => {
+                a.scenarios = it.next().ok_or("--scenarios needs a list")?.split(',').map(str::to_owned).collect()
+            }
+            "--server-env" => {
+                let kv = it.next().ok_or("--server-env needs KEY=VALUE")?;
+                let (k, v) = kv.split_once('=').ok_or("--server-env needs KEY=VALUE")?;
+                a.server_env.push((k.to_owned(), v.to_owned()));
+            }
             "--quick" => {
                 a.duration = Duration::from_secs(3);
                 a.warmup = Duration::from_secs(1);
@@ -200,82 +221,89 @@ async fn run(args: Args) -> Result<(), Error> {
     let issuer = TestIssuer::start(vec![rs.clone(), es.clone()]).await?;
     let iss = issuer.issuer().to_owned();
 
-    eprintln!("measuring single-threaded signature checks…");
-    let crypto = crypto_rates(&rs, &es, &iss);
-    writeln!(report, "## Signature checks, one thread, this machine\n")?;
-    writeln!(report, "| algorithm | aws-lc-rs (keys parsed once, as served) | ring 0.17 (parses the key per call) |")?;
-    writeln!(report, "|---|---|---|")?;
-    for (alg, aws, ring) in &crypto {
-        writeln!(report, "| {alg} | {aws:.0}/s ({:.1} µs) | {ring:.0}/s ({:.1} µs) |", 1e6 / aws, 1e6 / ring)?;
-    }
-    let rs_rate = crypto[0].1;
     let server_cores = args.server_cpus.as_deref().map_or(machine_cores(), cpu_count);
-    let crypto_ceiling = rs_rate * server_cores as f64;
-    writeln!(
-        report,
-        "\nCrypto ceiling (RS256, aws-lc-rs) = {rs_rate:.0}/s × {server_cores} server core(s) = {crypto_ceiling:.0}/s\n"
-    )?;
+    let mut crypto_ceiling = f64::NAN;
+    if args.wants("crypto") {
+        eprintln!("measuring single-threaded signature checks…");
+        let crypto = crypto_rates(&rs, &es, &iss);
+        writeln!(report, "## Signature checks, one thread, this machine\n")?;
+        writeln!(
+            report,
+            "| algorithm | aws-lc-rs (keys parsed once, as served) | ring 0.17 (parses the key per call) |"
+        )?;
+        writeln!(report, "|---|---|---|")?;
+        for (alg, aws, ring) in &crypto {
+            writeln!(report, "| {alg} | {aws:.0}/s ({:.1} µs) | {ring:.0}/s ({:.1} µs) |", 1e6 / aws, 1e6 / ring)?;
+        }
+        let rs_rate = crypto[0].1;
+        crypto_ceiling = rs_rate * server_cores as f64;
+        writeln!(
+            report,
+            "\nCrypto ceiling (RS256, aws-lc-rs) = {rs_rate:.0}/s × {server_cores} server core(s) = {crypto_ceiling:.0}/s\n"
+        )?;
+    }
 
-    eprintln!("minting {} RS256 and {} ES256 tokens…", args.distinct, args.rss_tokens.max(args.distinct));
+    let n_rs = if args.wants("cached") || args.wants("uncached") { args.distinct } else { 0 };
+    let n_es = if args.wants("rss") { args.rss_tokens.max(n_rs) } else { n_rs };
+    eprintln!("minting {n_rs} RS256 and {n_es} ES256 tokens…");
     let started = Instant::now();
     let hot = Arc::new(vec![verify_body(&rs.mint(&claims(&iss, 0)))]);
-    let rs_bodies: Arc<Vec<Bytes>> =
-        Arc::new((1..=args.distinct).map(|i| verify_body(&rs.mint(&claims(&iss, i)))).collect());
-    let es_all: Vec<Bytes> =
-        (1..=args.rss_tokens.max(args.distinct)).map(|i| verify_body(&es.mint(&claims(&iss, 1_000_000 + i)))).collect();
-    let es_bodies = Arc::new(es_all[..args.distinct].to_vec());
+    let rs_bodies: Arc<Vec<Bytes>> = Arc::new((1..=n_rs).map(|i| verify_body(&rs.mint(&claims(&iss, i)))).collect());
+    let es_all: Vec<Bytes> = (1..=n_es).map(|i| verify_body(&es.mint(&claims(&iss, 1_000_000 + i)))).collect();
+    let es_bodies = Arc::new(es_all[..n_rs].to_vec());
     let es_all = Arc::new(es_all);
     eprintln!("minted in {:.1} s", started.elapsed().as_secs_f64());
     let health = Arc::new(vec![grpc_frame(&[])]);
+    let d = args.distinct;
 
-    let mut rows = Vec::new();
+    let mut rows: Vec<Stats> = Vec::new();
+    let find = |rows: &Vec<Stats>, name: &str| rows.iter().find(|r| r.name == name).cloned();
+    let (mut rss_before, mut rss_after, mut primed) = ((f64::NAN, f64::NAN), (f64::NAN, f64::NAN), 0);
 
     // Server A: the default configuration (token cache on).
-    let a = ServerProc::spawn(&args, &iss, &[]).await?;
-    let target = Target::connect(a.addr, args.connections).await?;
-    let peak_health = target.closed("Health/Check", HEALTH, &health, &args, &a).await;
-    let peak_hot = target.closed("Verify hot token (cached)", VERIFY, &hot, &args, &a).await;
-    target.prime(VERIFY, &rs_bodies).await;
-    let rs_cached =
-        target.closed(&format!("Verify {} RS256 tokens (cached)", args.distinct), VERIFY, &rs_bodies, &args, &a).await;
-    target.prime(VERIFY, &es_bodies).await;
-    let es_cached =
-        target.closed(&format!("Verify {} ES256 tokens (cached)", args.distinct), VERIFY, &es_bodies, &args, &a).await;
-    let half_hot =
-        target.open("Verify hot token at 50 % of its peak", VERIFY, &hot, peak_hot.rate() / 2.0, &args, &a).await;
-    let half_health =
-        target.open("Health/Check at 50 % of its peak", HEALTH, &health, peak_health.rate() / 2.0, &args, &a).await;
-    eprintln!("verifying {} distinct ES256 tokens for the RSS reading…", es_all.len());
-    let rss_before = a.memory();
-    let primed = target.prime(VERIFY, &es_all).await;
-    let rss_after = a.memory();
-    drop(target);
-    drop(a);
-    rows.extend([peak_health.clone(), peak_hot.clone(), rs_cached, es_cached, half_hot.clone(), half_health]);
+    if ["health", "hot", "cached", "half", "rss"].iter().any(|s| args.wants(s)) {
+        let a = ServerProc::spawn(&args, &iss, &[]).await?;
+        let t = Target::connect(a.addr, args.connections).await?;
+        if args.wants("health") || args.wants("half") {
+            rows.push(t.closed("Health/Check", HEALTH, &health, &args, &a).await);
+        }
+        if args.wants("hot") || args.wants("half") {
+            rows.push(t.closed("Verify hot token (cached)", VERIFY, &hot, &args, &a).await);
+        }
+        if args.wants("cached") {
+            t.prime(VERIFY, &rs_bodies).await;
+            rows.push(t.closed(&format!("Verify {d} RS256 tokens (cached)"), VERIFY, &rs_bodies, &args, &a).await);
+            t.prime(VERIFY, &es_bodies).await;
+            rows.push(t.closed(&format!("Verify {d} ES256 tokens (cached)"), VERIFY, &es_bodies, &args, &a).await);
+        }
+        if args.wants("half") {
+            let peak = find(&rows, "Verify hot token (cached)").map_or(f64::NAN, |s| s.rate());
+            rows.push(t.open("Verify hot token at 50 % of its peak", VERIFY, &hot, peak / 2.0, &args, &a).await);
+            let peak = find(&rows, "Health/Check").map_or(f64::NAN, |s| s.rate());
+            rows.push(t.open("Health/Check at 50 % of its peak", HEALTH, &health, peak / 2.0, &args, &a).await);
+        }
+        if args.wants("rss") {
+            eprintln!("verifying {} distinct ES256 tokens for the RSS reading…", es_all.len());
+            rss_before = a.memory();
+            primed = t.prime(VERIFY, &es_all).await;
+            rss_after = a.memory();
+        }
+    }
 
     // Server B: the token cache disabled: every call checks the signature.
-    let b = ServerProc::spawn(&args, &iss, &["--token-cache-size", "0"]).await?;
-    let target = Target::connect(b.addr, args.connections).await?;
-    let health_b = target.closed("Health/Check", HEALTH, &health, &args, &b).await;
-    let rs_plain = target
-        .closed(&format!("Verify {} RS256 tokens (no cache)", args.distinct), VERIFY, &rs_bodies, &args, &b)
-        .await;
-    let es_plain = target
-        .closed(&format!("Verify {} ES256 tokens (no cache)", args.distinct), VERIFY, &es_bodies, &args, &b)
-        .await;
-    let half_rs = target
-        .open(
-            &format!("Verify {} RS256 (no cache) at 50 % of its peak", args.distinct),
-            VERIFY,
-            &rs_bodies,
-            rs_plain.rate() / 2.0,
-            &args,
-            &b,
-        )
-        .await;
-    drop(target);
-    drop(b);
-    rows.extend([health_b.clone(), rs_plain.clone(), es_plain, half_rs.clone()]);
+    if args.wants("uncached") {
+        let b = ServerProc::spawn(&args, &iss, &["--token-cache-size", "0"]).await?;
+        let t = Target::connect(b.addr, args.connections).await?;
+        rows.push(t.closed("Health/Check", HEALTH, &health, &args, &b).await);
+        let rs_plain = t.closed(&format!("Verify {d} RS256 tokens (no cache)"), VERIFY, &rs_bodies, &args, &b).await;
+        let peak = rs_plain.rate();
+        rows.push(rs_plain);
+        rows.push(t.closed(&format!("Verify {d} ES256 tokens (no cache)"), VERIFY, &es_bodies, &args, &b).await);
+        if args.wants("half") {
+            let name = format!("Verify {d} RS256 (no cache) at 50 % of its peak");
+            rows.push(t.open(&name, VERIFY, &rs_bodies, peak / 2.0, &args, &b).await);
+        }
+    }
 
     writeln!(report, "## Load\n")?;
     writeln!(
@@ -286,31 +314,50 @@ async fn run(args: Args) -> Result<(), Error> {
     for r in &rows {
         writeln!(report, "{}", r.row())?;
     }
-    writeln!(
-        report,
-        "\nRSS of the cached server: {:.1} MiB before and {:.1} MiB after verifying {} distinct ES256 tokens ({} errors); peak (VmHWM) {:.1} MiB\n",
-        rss_before.0,
-        rss_after.0,
-        es_all.len(),
-        primed,
-        rss_after.1
-    )?;
+    if args.wants("rss") {
+        writeln!(
+            report,
+            "\nRSS of the cached server: {:.1} MiB before and {:.1} MiB after verifying {} distinct ES256 tokens ({primed} errors); peak (VmHWM) {:.1} MiB",
+            rss_before.0,
+            rss_after.0,
+            es_all.len(),
+            rss_after.1
+        )?;
+    }
 
-    let transport = health_b.rate().min(crypto_ceiling);
+    let rate = |name: &str, server: &str| {
+        rows.iter().find(|r| r.name == name && r.server == server).map_or(f64::NAN, |s| s.rate())
+    };
+    let p99 = |name: &str| rows.iter().find(|r| r.name == name).map_or(f64::NAN, |s| s.percentile(0.99) * 1e3);
+    let (health_a, health_b) = (rate("Health/Check", "default"), rate("Health/Check", "--token-cache-size 0"));
+    let rs_plain = rate(&format!("Verify {d} RS256 tokens (no cache)"), "--token-cache-size 0");
     let checks = [
-        ("hot Verify / Health (cached server)".to_owned(), peak_hot.rate() / peak_health.rate(), 0.85, true),
         (
-            format!("10k RS256 (no cache) / min(transport {:.0}/s, crypto {:.0}/s)", health_b.rate(), crypto_ceiling),
-            rs_plain.rate() / transport,
+            "hot Verify / Health (cached server)".to_owned(),
+            rate("Verify hot token (cached)", "default") / health_a,
+            0.85,
+            true,
+        ),
+        (
+            format!("{d} RS256 (no cache) / min(transport {health_b:.0}/s, crypto {crypto_ceiling:.0}/s)"),
+            rs_plain / health_b.min(crypto_ceiling),
             0.7,
             true,
         ),
-        ("p99 of hot Verify at 50 % load (ms)".to_owned(), half_hot.percentile(0.99) * 1e3, 1.0, false),
-        ("p99 of 10k RS256 (no cache) at 50 % load (ms)".to_owned(), half_rs.percentile(0.99) * 1e3, 1.0, false),
+        ("p99 of hot Verify at 50 % load (ms)".to_owned(), p99("Verify hot token at 50 % of its peak"), 1.0, false),
+        (
+            format!("p99 of {d} RS256 (no cache) at 50 % load (ms)"),
+            p99(&format!("Verify {d} RS256 (no cache) at 50 % of its peak")),
+            1.0,
+            false,
+        ),
         (format!("RSS after {} distinct tokens (MiB)", es_all.len()), rss_after.0, 64.0, false),
     ];
-    writeln!(report, "## Targets\n\n| target | measured | goal | met |\n|---|---|---|---|")?;
+    writeln!(report, "\n## Targets\n\n| target | measured | goal | met |\n|---|---|---|---|")?;
     for (what, value, goal, at_least) in checks {
+        if value.is_nan() {
+            continue;
+        }
         let met = if at_least { value >= goal } else { value < goal };
         let goal = if at_least { format!("≥ {goal}") } else { format!("< {goal}") };
         writeln!(report, "| {what} | {value:.2} | {goal} | {} |", if met { "yes" } else { "**no**" })?;
@@ -430,6 +477,7 @@ impl ServerProc {
         cmd.args(["serve", "--listen", &addr.to_string(), "--issuer", issuer])
             .args(extra)
             .env("TOKIO_WORKER_THREADS", args.server_threads.to_string())
+            .envs(args.server_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?);

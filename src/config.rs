@@ -110,7 +110,7 @@ pub struct ServeArgs {
     #[arg(long, env = "INTROSPECT_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_grace: Duration,
 
-    /// Verified tokens remembered, so that a token sent again skips its signature check (about 100 bytes each; policy and expiry are checked on every call). 0 disables the cache.
+    /// Tokens remembered after a successful check, so that a token sent again skips its signature check (about 100 bytes each), the most used of them whole (within 128 bytes × this); policy and expiry are still checked on every call. 0 disables the cache.
     #[arg(long, env = "INTROSPECT_TOKEN_CACHE_SIZE", default_value_t = DEFAULT_TOKEN_CACHE_SIZE, value_name = "TOKENS")]
     pub token_cache_size: usize,
 }

@@ -110,7 +110,25 @@ pub async fn serve(
     let health_task =
         tokio::spawn(app.readiness.clone().publish(reporter.clone(), services.clone(), stop_health.clone()));
 
-    let router = Server::builder()
+    // TEMPORARY EXPERIMENT HOOK (not to be committed)
+    let mut builder = Server::builder();
+    if let Ok(spec) = std::env::var("EXPERIMENT_H2") {
+        for part in spec.split(',') {
+            let (k, v) = part.split_once('=').unwrap_or((part, ""));
+            let n: u32 = v.parse().unwrap_or(0);
+            builder = match k {
+                "streams" => builder.max_concurrent_streams(n),
+                "swin" => builder.initial_stream_window_size(n),
+                "cwin" => builder.initial_connection_window_size(n),
+                "adaptive" => builder.http2_adaptive_window(Some(true)),
+                "frame" => builder.max_frame_size(n),
+                "climit" => builder.concurrency_limit_per_connection(n as usize),
+                _ => builder,
+            };
+        }
+        eprintln!("EXPERIMENT_H2={spec}");
+    }
+    let router = builder
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

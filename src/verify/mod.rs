@@ -143,7 +143,12 @@ impl Verifier {
     /// A verifier that remembers up to `cache_size` verified tokens (see
     /// [`cache`]); 0 disables the cache.
     pub fn with_token_cache(trust: Trust, clock: Arc<dyn Clock>, cache_size: usize) -> Self {
-        Self { trust: ArcSwap::from_pointee(trust), clock, cache: TokenCache::new(cache_size) }
+        Self::with_cache(trust, clock, TokenCache::new(cache_size))
+    }
+
+    /// A verifier with the given token cache (`None`: no cache).
+    pub fn with_cache(trust: Trust, clock: Arc<dyn Clock>, cache: Option<TokenCache>) -> Self {
+        Self { trust: ArcSwap::from_pointee(trust), clock, cache }
     }
 
     /// The token cache, if enabled.
@@ -168,9 +173,33 @@ impl Verifier {
 
     /// Verifies `raw` (an optional `Bearer ` prefix is accepted) and applies
     /// the issuer's policy narrowed by `expect`.
+    ///
+    /// With a token cache, whether steps 1–5 were answered from it (whole,
+    /// or just the signature check) is recorded as `cached` on the current
+    /// span.
     pub async fn verify(&self, raw: &str, expect: &Expectations<'_>) -> Result<Arc<VerifiedToken>, VerifyError> {
         let trust = self.trust.load_full();
-        let verified = Arc::new(self.verify_signature(&trust, raw).await?);
+        let token = token::strip_bearer(raw);
+        let Some(cache) = &self.cache else {
+            let verified = Arc::new(self.verify_steps(&trust, token, None).await?.0);
+            self.check_policy(&trust, &verified, expect)?;
+            return Ok(verified);
+        };
+        let digest = TokenDigest::of(token);
+        let now = self.clock.unix_seconds();
+        if let Some(hit) = cache.token(&digest, now) {
+            if still_chosen(&trust, &hit) {
+                tracing::Span::current().record("cached", true);
+                self.check_policy(&trust, &hit.token, expect)?;
+                return Ok(hit.token);
+            }
+            cache.forget_token(&digest);
+        }
+        let (verified, had_kid) = self.verify_steps(&trust, token, Some(&digest)).await?;
+        let verified = Arc::new(verified);
+        if let Some(issuer) = trust.get(&verified.issuer) {
+            cache.insert_token(digest, &verified, had_kid, skew_of(&issuer.policy), now);
+        }
         self.check_policy(&trust, &verified, expect)?;
         Ok(verified)
     }
@@ -178,6 +207,18 @@ impl Verifier {
     /// Steps 1–5: decode, algorithm, issuer, key, signature.
     pub async fn verify_signature(&self, trust: &Trust, raw: &str) -> Result<VerifiedToken, VerifyError> {
         let token = token::strip_bearer(raw);
+        let digest = self.cache.as_ref().map(|_| TokenDigest::of(token));
+        Ok(self.verify_steps(trust, token, digest.as_ref()).await?.0)
+    }
+
+    /// Steps 1–5 for a token without its `Bearer ` prefix, with the token's
+    /// digest when the cache is on; also says whether the header had a `kid`.
+    async fn verify_steps(
+        &self,
+        trust: &Trust,
+        token: &str,
+        digest: Option<&TokenDigest>,
+    ) -> Result<(VerifiedToken, bool), VerifyError> {
         let decoded = token::decode(token)?;
         let alg = decoded.header.alg;
         let issuer = match decoded.claims.iss.get() {
@@ -205,12 +246,9 @@ impl Verifier {
             }
         };
         // Step 5, unless this very token already verified with this very key.
+        let cache = self.cache.as_ref().zip(digest);
         let now = self.clock.unix_seconds();
-        let digest = self.cache.as_ref().map(|_| TokenDigest::of(token));
-        let cached = match (&self.cache, &digest) {
-            (Some(cache), Some(digest)) => cache.verified(digest, &key, alg, now),
-            _ => false,
-        };
+        let cached = cache.is_some_and(|(cache, digest)| cache.verified(digest, &key, alg, now));
         tracing::Span::current().record("cached", cached);
         if !cached && !key.verify(alg, decoded.signing_input, decoded.signature()) {
             return Err(rejection::BAD_SIGNATURE.into());
@@ -218,23 +256,21 @@ impl Verifier {
         if decoded.claims.iss.get().is_none() {
             return Err(rejection::NO_ISSUER.into());
         }
-        if !cached
-            && let (Some(cache), Some(digest), claims::Claim::Present(exp)) = (&self.cache, digest, &decoded.claims.exp)
-        {
-            let skew = i64::try_from(issuer.policy.clock_skew.as_secs()).unwrap_or(i64::MAX);
-            cache.insert(digest, &key, alg, exp.saturating_add(skew), now);
+        if !cached && let (Some((cache, digest)), claims::Claim::Present(exp)) = (cache, &decoded.claims.exp) {
+            cache.insert(*digest, &key, alg, exp.saturating_add(skew_of(&issuer.policy)), now);
         }
         let kind = claims::effective_kind(decoded.header.kind, &decoded.claims);
         // The payload parsed as JSON, so it is UTF-8.
         let payload = String::from_utf8(decoded.payload).map_err(|_| rejection::PAYLOAD_NOT_OBJECT)?;
-        Ok(VerifiedToken {
+        let verified = VerifiedToken {
             issuer: keys.issuer().clone(),
             key,
             algorithm: alg,
             kind,
             claims: decoded.claims,
             payload: payload.into_boxed_str(),
-        })
+        };
+        Ok((verified, kid.is_some()))
     }
 
     /// Step 6: the issuer's policy (as configured now) and the call's
@@ -248,6 +284,29 @@ impl Verifier {
         let issuer = trust.get(&token.issuer).ok_or_else(|| rejection::untrusted_issuer(&token.issuer))?;
         claims::check(token.kind, &token.claims, &issuer.policy, expect, self.clock.unix_seconds())
     }
+}
+
+/// The policy's clock skew in seconds.
+fn skew_of(policy: &Policy) -> i64 {
+    i64::try_from(policy.clock_skew.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// Whether steps 2–4 would, under `trust` as it is now, lead to the key that
+/// verified the remembered token: its issuer still trusted, its algorithm
+/// still allowed, the issuer's keys usable, and the key lookup choosing the
+/// very same key object. Then steps 1–5 would give the same result again
+/// (the token's bytes, hence its decoding and signature check, are the same).
+fn still_chosen(trust: &Trust, hit: &cache::Remembered) -> bool {
+    let t = &hit.token;
+    let Some(issuer) = trust.get(&t.issuer) else { return false };
+    if !issuer.policy.algorithms.contains(t.algorithm) {
+        return false;
+    }
+    let kid = if hit.had_kid { t.key.kid() } else { None };
+    issuer
+        .keys
+        .usable()
+        .is_some_and(|set| matches!(set.find(kid, t.algorithm), KeyMatch::Found(k) if Arc::ptr_eq(k, &t.key)))
 }
 
 /// Looks the token's key up: `Ok(None)` means "unknown kid, worth a refetch".

@@ -14,6 +14,7 @@ use clerk_introspect::keys::jwk::{Algorithm, AlgorithmSet, key_from_jwk_json};
 use clerk_introspect::keys::{IssuerKeys, KeyContext, KeySource, NoopObserver, RefreshSettings, Trigger};
 use clerk_introspect::pb::{self, Reason};
 use clerk_introspect::test_issuer::{TestIssuer, TestKey};
+use clerk_introspect::verify::cache::TokenCache;
 use clerk_introspect::verify::{Expectations, Policy, Trust, TrustedIssuer, VerifiedToken, Verifier, VerifyError};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
@@ -41,9 +42,11 @@ fn answer(outcome: &Result<Arc<VerifiedToken>, VerifyError>) -> String {
     }
 }
 
-/// Two verifiers over the same trust, keys and clock: one caches.
+/// Verifiers over the same trust, keys and clock: one without a cache, one
+/// with the default two-tier cache, one that keeps signature checks only.
 struct Pair {
     cached: Verifier,
+    signatures_only: Verifier,
     plain: Verifier,
     compared: usize,
     valid: usize,
@@ -51,8 +54,10 @@ struct Pair {
 
 impl Pair {
     fn new(trust: Trust, clock: Arc<ManualClock>) -> Pair {
+        let signatures_only = TokenCache::with_token_bytes(1000, 0);
         Pair {
             cached: Verifier::with_token_cache(trust.clone(), clock.clone(), 1000),
+            signatures_only: Verifier::with_cache(trust.clone(), clock.clone(), signatures_only),
             plain: Verifier::new(trust, clock),
             compared: 0,
             valid: 0,
@@ -61,17 +66,22 @@ impl Pair {
 
     fn set_trust(&self, trust: Trust) {
         self.cached.set_trust(trust.clone());
+        self.signatures_only.set_trust(trust.clone());
         self.plain.set_trust(trust);
     }
 
-    /// Verifies `token` with both (the cached one twice, so that the second
+    /// Verifies `token` with each (the cached ones twice, so that the second
     /// call can be a hit) and asserts that all answers agree.
     async fn check(&mut self, what: &str, token: &str, expect: &Expectations<'_>) -> String {
         let first = answer(&self.cached.verify(token, expect).await);
+        let sig_first = answer(&self.signatures_only.verify(token, expect).await);
         let plain = answer(&self.plain.verify(token, expect).await);
         let again = answer(&self.cached.verify(token, expect).await);
+        let sig_again = answer(&self.signatures_only.verify(token, expect).await);
         assert_eq!(first, plain, "{what}: cache on (first call) vs off");
         assert_eq!(again, plain, "{what}: cache on (second call) vs off");
+        assert_eq!(sig_first, plain, "{what}: signature cache (first call) vs off");
+        assert_eq!(sig_again, plain, "{what}: signature cache (second call) vs off");
         self.compared += 1;
         if plain.starts_with("valid") {
             self.valid += 1;
@@ -172,6 +182,7 @@ async fn the_cache_never_changes_an_answer() {
             ),
         ),
         ("no kid", st.mint_with_header(&json!({"alg": "ES256"}), &claims(STATIC_ISS, now, 60, json!({})))),
+        ("no kid, fetched", ed.mint_with_header(&json!({"alg": "EdDSA"}), &claims(&iss, now, 3600, json!({})))),
         ("wrong key", rs.mint_with_header(&json!({"alg": "ES256", "kid": "es"}), &claims(&iss, now, 60, json!({})))),
     ];
     // The same payload with another signature, and a flipped signature byte.
@@ -203,7 +214,9 @@ async fn the_cache_never_changes_an_answer() {
     // Fresh tokens: valid, and every kind of rejection.
     let first = round(&mut pair, &tokens, &expectations).await;
     assert!(first.iter().any(|a| a.starts_with("valid")) && first.iter().any(|a| a.contains("REASON_BAD_SIGNATURE")));
-    assert!(!pair.cached.token_cache().unwrap().is_empty(), "the cache is in use");
+    let (cache, sigs) = (pair.cached.token_cache().unwrap(), pair.signatures_only.token_cache().unwrap());
+    assert!(cache.tokens_len() > 0 && cache.len() > 0, "both tiers are in use");
+    assert!(sigs.tokens_len() == 0 && sigs.len() > 0, "signature checks only");
 
     // Time passes: the nbf token becomes valid, then the short-lived one expires.
     clock.advance(Duration::from_secs(16));
@@ -237,6 +250,16 @@ async fn the_cache_never_changes_an_answer() {
     issuer.set_keys(vec![rs.clone(), es.clone(), ed.clone()]);
     fetched.refresh(Trigger::Scheduled).await.unwrap();
     round(&mut pair, &tokens, &expectations).await;
+
+    // A second EdDSA key: a token without a kid no longer names one key.
+    let unkeyed = tokens.iter().find(|(w, _)| *w == "no kid, fetched").unwrap().1.clone();
+    assert!(pair.check("one EdDSA key", &unkeyed, &Expectations::default()).await.starts_with("valid"));
+    issuer.set_keys(vec![rs.clone(), es.clone(), ed.clone(), TestKey::generate("ed2", Algorithm::EdDSA)]);
+    fetched.refresh(Trigger::Scheduled).await.unwrap();
+    let two = pair.check("two EdDSA keys", &unkeyed, &Expectations::default()).await;
+    assert!(two.contains("REASON_ALGORITHM_NOT_ALLOWED") || two.contains("REASON_UNKNOWN_KEY"), "{two}");
+    issuer.set_keys(vec![rs.clone(), es.clone(), ed.clone()]);
+    fetched.refresh(Trigger::Scheduled).await.unwrap();
 
     // The fetched issuer is no longer trusted, then trusted again.
     pair.set_trust(Trust::new([trusted(Policy::default(), &static_keys)]));
@@ -429,4 +452,28 @@ async fn whether_the_signature_check_was_skipped_is_recorded_on_the_span() {
         let _ = verifier.verify(t, &Expectations::default()).instrument(span).await;
     }
     assert_eq!(*seen.lock().unwrap(), [false, true, false, false, true]);
+}
+
+/// Keys older than the allowed staleness make the issuer unavailable, for
+/// tokens in the cache as for any other.
+#[tokio::test]
+async fn stale_keys_make_cached_tokens_unavailable_too() {
+    let clock = Arc::new(ManualClock::starting_now());
+    let key = TestKey::es256("k");
+    let issuer = TestIssuer::start(vec![key.clone()]).await.unwrap();
+    let settings = RefreshSettings { max_staleness: Duration::from_secs(60), ..RefreshSettings::default() };
+    let keys = IssuerKeys::start(Arc::from(issuer.issuer()), KeySource::Discovery, settings, ctx(clock.clone()));
+    keys.refresh(Trigger::Startup).await.unwrap();
+    let trust = Trust::new([TrustedIssuer { policy: Arc::new(Policy::default()), keys: keys.clone() }]);
+    let mut pair = Pair::new(trust, clock.clone());
+    let token = key.mint(&claims(issuer.issuer(), clock.now(), 3600, json!({})));
+    assert!(pair.check("fresh keys", &token, &Expectations::default()).await.starts_with("valid"));
+    issuer.set_up(false);
+    clock.advance(Duration::from_secs(61));
+    assert!(keys.refresh(Trigger::Scheduled).await.is_err());
+    let stale = pair.check("stale keys", &token, &Expectations::default()).await;
+    assert!(stale.starts_with("unavailable"), "{stale}");
+    issuer.set_up(true);
+    keys.refresh(Trigger::Scheduled).await.unwrap();
+    assert!(pair.check("fresh again", &token, &Expectations::default()).await.starts_with("valid"));
 }
