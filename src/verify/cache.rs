@@ -224,7 +224,7 @@ impl TokenCache {
 
     /// Signature checks currently kept (including expired ones not yet
     /// looked at or evicted).
-    pub fn len(&self) -> usize {
+    pub fn signatures_len(&self) -> usize {
         self.signatures.len()
     }
 
@@ -402,6 +402,6 @@ mod tests {
         for i in 0..10_000 {
             cache.insert(TokenDigest::of(&i.to_string()), &k, Algorithm::EdDSA, 100, 0);
         }
-        assert!(cache.len() <= 1000, "{}", cache.len());
+        assert!(cache.signatures_len() <= 1000, "{}", cache.signatures_len());
     }
 }
