@@ -60,6 +60,11 @@ usage: cargo bench --bench loadgen -- [options]
   --server-threads N     server Tokio worker threads (default: CPUs in --server-cpus)
   --client-threads N     load generator worker threads (default: CPUs in --client-cpus)
   --no-pin               no taskset; both sides float over every CPU
+  --load-fraction F      rate of the open-loop (latency) passes, as a fraction of
+                         the measured peak (default 0.5)
+  --driver rust|h2load   client for the one-token scenarios (Health/Check, hot token);
+                         default h2load when installed (cheaper per call than the
+                         built-in h2 client, so the server stays the bottleneck)
   --server-bin PATH      server binary (default: the one cargo built)
   --server-env KEY=VAL   extra environment of the server (repeatable), e.g. RUST_LOG=warn
   --scenarios LIST       comma-separated subset of: crypto, health, hot, cached,
@@ -81,6 +86,8 @@ struct Args {
     server_bin: PathBuf,
     scenarios: Vec<String>,
     server_env: Vec<(String, String)>,
+    h2load: bool,
+    fraction: f64,
 }
 
 impl Args {
@@ -105,6 +112,8 @@ fn parse_args() -> Result<Args, String> {
         server_bin: PathBuf::from(env!("CARGO_BIN_EXE_clerk-introspect")),
         scenarios: vec!["all".into()],
         server_env: Vec::new(),
+        h2load: h2load_available(),
+        fraction: 0.5,
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>, flag: &str| -> Result<u64, String> {
@@ -123,6 +132,21 @@ fn parse_args() -> Result<Args, String> {
             "--server-threads" => a.server_threads = num(it.next(), &arg)? as usize,
             "--client-threads" => a.client_threads = num(it.next(), &arg)? as usize,
             "--no-pin" => (a.server_cpus, a.client_cpus) = (None, None),
+            "--load-fraction" => {
+                a.fraction = it
+                    .next()
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .filter(|f| *f > 0.0 && *f <= 1.0)
+                    .ok_or("--load-fraction needs a number in (0, 1]")?
+            }
+            "--driver" => match it.next().as_deref() {
+                Some("h2load") if h2load_available() => a.h2load = true,
+                Some("h2load") => {
+                    return Err("--driver h2load: h2load is not installed (Debian: nghttp2-client)".into());
+                }
+                Some("rust") => a.h2load = false,
+                _ => return Err(format!("--driver needs rust or h2load\n{USAGE}")),
+            },
             "--server-bin" => a.server_bin = it.next().ok_or("--server-bin needs a path")?.into(),
             "--scenarios" => {
                 a.scenarios = it.next().ok_or("--scenarios needs a list")?.split(',').map(str::to_owned).collect()
@@ -209,6 +233,11 @@ async fn run(args: Args) -> Result<(), Error> {
     )?;
     writeln!(
         report,
+        "- clients: {} for the one-token scenarios (Health/Check, hot token), the built-in h2 client (pre-encoded requests) for the many-token ones",
+        if args.h2load { h2load_version() } else { "the built-in h2 client".to_owned() }
+    )?;
+    writeln!(
+        report,
         "- {} s measured per scenario after {} s of warm-up; latency from request sent to trailers received, at the client\n",
         args.duration.as_secs(),
         args.warmup.as_secs()
@@ -255,6 +284,7 @@ async fn run(args: Args) -> Result<(), Error> {
     eprintln!("minted in {:.1} s", started.elapsed().as_secs_f64());
     let health = Arc::new(vec![grpc_frame(&[])]);
     let d = args.distinct;
+    let pct = (args.fraction * 100.0).round() as u32;
 
     let mut rows: Vec<Stats> = Vec::new();
     let find = |rows: &Vec<Stats>, name: &str| rows.iter().find(|r| r.name == name).cloned();
@@ -278,9 +308,11 @@ async fn run(args: Args) -> Result<(), Error> {
         }
         if args.wants("half") {
             let peak = find(&rows, "Verify hot token (cached)").map_or(f64::NAN, |s| s.rate());
-            rows.push(t.open("Verify hot token at 50 % of its peak", VERIFY, &hot, peak / 2.0, &args, &a).await);
+            let name = format!("Verify hot token at {pct} % of its peak");
+            rows.push(t.open(&name, VERIFY, &hot, peak * args.fraction, &args, &a).await);
             let peak = find(&rows, "Health/Check").map_or(f64::NAN, |s| s.rate());
-            rows.push(t.open("Health/Check at 50 % of its peak", HEALTH, &health, peak / 2.0, &args, &a).await);
+            let name = format!("Health/Check at {pct} % of its peak");
+            rows.push(t.open(&name, HEALTH, &health, peak * args.fraction, &args, &a).await);
         }
         if args.wants("rss") {
             eprintln!("verifying {} distinct ES256 tokens for the RSS reading…", es_all.len());
@@ -300,17 +332,17 @@ async fn run(args: Args) -> Result<(), Error> {
         rows.push(rs_plain);
         rows.push(t.closed(&format!("Verify {d} ES256 tokens (no cache)"), VERIFY, &es_bodies, &args, &b).await);
         if args.wants("half") {
-            let name = format!("Verify {d} RS256 (no cache) at 50 % of its peak");
-            rows.push(t.open(&name, VERIFY, &rs_bodies, peak / 2.0, &args, &b).await);
+            let name = format!("Verify {d} RS256 (no cache) at {pct} % of its peak");
+            rows.push(t.open(&name, VERIFY, &rs_bodies, peak * args.fraction, &args, &b).await);
         }
     }
 
     writeln!(report, "## Load\n")?;
     writeln!(
         report,
-        "| scenario | server | requests/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU per request |"
+        "| scenario | server | client | requests/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU per request |"
     )?;
-    writeln!(report, "|---|---|---|---|---|---|---|---|")?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|---|")?;
     for r in &rows {
         writeln!(report, "{}", r.row())?;
     }
@@ -344,10 +376,15 @@ async fn run(args: Args) -> Result<(), Error> {
             0.7,
             true,
         ),
-        ("p99 of hot Verify at 50 % load (ms)".to_owned(), p99("Verify hot token at 50 % of its peak"), 1.0, false),
         (
-            format!("p99 of {d} RS256 (no cache) at 50 % load (ms)"),
-            p99(&format!("Verify {d} RS256 (no cache) at 50 % of its peak")),
+            format!("p99 of hot Verify at {pct} % load (ms)"),
+            p99(&format!("Verify hot token at {pct} % of its peak")),
+            1.0,
+            false,
+        ),
+        (
+            format!("p99 of {d} RS256 (no cache) at {pct} % load (ms)"),
+            p99(&format!("Verify {d} RS256 (no cache) at {pct} % of its peak")),
             1.0,
             false,
         ),
@@ -601,6 +638,9 @@ impl Target {
         server: &ServerProc,
     ) -> Stats {
         eprintln!("{name}…");
+        if args.h2load && bodies.len() == 1 {
+            return self.h2load(name, path, &bodies[0], None, args, server).await;
+        }
         let uri = self.uri(path);
         let next = Arc::new(AtomicUsize::new(0));
         let phase = Arc::new(AtomicU8::new(WARMUP));
@@ -682,6 +722,9 @@ impl Target {
         server: &ServerProc,
     ) -> Stats {
         eprintln!("{name} ({rate:.0}/s)…");
+        if args.h2load && bodies.len() == 1 {
+            return self.h2load(name, path, &bodies[0], Some(rate), args, server).await;
+        }
         let uri = self.uri(path);
         let shared = Arc::new(Mutex::new(Worker::default()));
         let permits = Arc::new(Semaphore::new(MAX_OUTSTANDING));
@@ -728,6 +771,91 @@ impl Target {
         let mut stats = Stats::new(name, &server.label, elapsed, cpu);
         stats.merge(std::mem::take(&mut *shared.lock().unwrap()));
         stats.errors += dropped;
+        stats.finish();
+        eprintln!("  {}", stats.row());
+        stats
+    }
+}
+
+impl Target {
+    /// The same scenario driven by h2load (one body): a warm-up run, then a
+    /// measured one whose per-request log gives the latencies. At `rate`
+    /// requests per second in total when given (`--rps` per connection).
+    /// h2load checks HTTP status only, so one call through the built-in
+    /// client first checks that the answer is valid.
+    async fn h2load(
+        &self,
+        name: &str,
+        path: &str,
+        body: &Bytes,
+        rate: Option<f64>,
+        args: &Args,
+        server: &ServerProc,
+    ) -> Stats {
+        let mut stats = Stats::new(name, &server.label, args.duration, Duration::ZERO);
+        stats.driver = "h2load";
+        if let Err(e) = self.call_once(path, body.clone()).await {
+            stats.errors = 1;
+            stats.first_error = Some(e.to_string());
+            return stats;
+        }
+        let dir = std::env::temp_dir();
+        let body_file = dir.join(format!("loadgen-body-{}.bin", server.addr.port()));
+        let log = dir.join(format!("loadgen-h2load-{}.tsv", server.addr.port()));
+        std::fs::write(&body_file, body).expect("write the request body");
+        let run = |duration: Duration, log: Option<&std::path::Path>| {
+            let mut cmd = Command::new("h2load");
+            cmd.arg(format!("-D{}", duration.as_secs().max(1)))
+                .arg(format!("-c{}", args.connections))
+                .arg(format!("-m{}", args.streams))
+                .arg(format!("-t{}", args.client_threads.min(args.connections)))
+                .arg("-d")
+                .arg(&body_file)
+                .args(["-H", "content-type: application/grpc", "-H", "te: trailers"]);
+            if let Some(rate) = rate {
+                cmd.arg(format!("--rps={}", (rate / args.connections as f64).max(1.0).round()));
+            }
+            if let Some(log) = log {
+                cmd.arg("--log-file").arg(log);
+            }
+            cmd.arg(format!("http://{}{path}", self.authority)).stdin(Stdio::null()).stderr(Stdio::null());
+            cmd.output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        };
+        let _ = tokio::task::block_in_place(|| run(args.warmup, None));
+        let cpu0 = server.cpu();
+        let out = tokio::task::block_in_place(|| run(args.duration, Some(&log)));
+        stats.server_cpu = server.cpu().saturating_sub(cpu0);
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => {
+                stats.errors = 1;
+                stats.first_error = Some(format!("h2load: {e}"));
+                return stats;
+            }
+        };
+        // "requests: N total, N started, N done, N succeeded, N failed, N errored, N timeout"
+        if let Some(line) = out.lines().find(|l| l.starts_with("requests:")) {
+            let n = |word: &str| {
+                line.split(',')
+                    .find(|p| p.trim_end().ends_with(word))
+                    .and_then(|p| p.split_whitespace().rev().nth(1).and_then(|n| n.parse::<usize>().ok()))
+            };
+            stats.errors = n("failed").unwrap_or(0) + n("errored").unwrap_or(0) + n("timeout").unwrap_or(0);
+        }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        for line in text.lines() {
+            let mut cols = line.split('\t');
+            let (_, status, micros) = (cols.next(), cols.next(), cols.next());
+            match (status, micros.and_then(|m| m.parse::<u64>().ok())) {
+                (Some("200"), Some(us)) => stats.latencies.push((us * 1000).min(u64::from(u32::MAX)) as u32),
+                _ => {
+                    stats.errors += 1;
+                    stats.first_error.get_or_insert_with(|| format!("h2load: {line}"));
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&log);
+        let _ = std::fs::remove_file(&body_file);
         stats.finish();
         eprintln!("  {}", stats.row());
         stats
@@ -802,6 +930,7 @@ impl Worker {
 struct Stats {
     name: String,
     server: String,
+    driver: &'static str,
     elapsed: Duration,
     server_cpu: Duration,
     latencies: Vec<u32>,
@@ -814,6 +943,7 @@ impl Stats {
         Stats {
             name: name.to_owned(),
             server: server.to_owned(),
+            driver: "h2 (built-in)",
             elapsed,
             server_cpu,
             latencies: Vec::new(),
@@ -856,9 +986,10 @@ impl Stats {
             None => self.errors.to_string(),
         };
         format!(
-            "| {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {:.1} µs |",
+            "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {:.1} µs |",
             self.name,
             self.server,
+            self.driver,
             self.rate(),
             self.percentile(0.5) * 1e3,
             self.percentile(0.99) * 1e3,
@@ -902,6 +1033,24 @@ fn cpu_count(list: &str) -> usize {
         })
         .sum::<usize>()
         .max(1)
+}
+
+fn h2load_version() -> String {
+    Command::new("h2load")
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map_or_else(|| "h2load".to_owned(), |v| v.trim().replace("h2load nghttp2/", "h2load (nghttp2 ") + ")")
+}
+
+fn h2load_available() -> bool {
+    Command::new("h2load")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 fn taskset_available() -> bool {

@@ -39,6 +39,9 @@ pub enum ServeError {
     Transport(#[source] tonic::transport::Error),
 }
 
+/// Most concurrent calls (HTTP/2 streams) per client connection.
+pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+
 /// The running parts of the service, shared by every RPC.
 #[derive(Debug, Clone)]
 pub struct App {
@@ -110,30 +113,21 @@ pub async fn serve(
     let health_task =
         tokio::spawn(app.readiness.clone().publish(reporter.clone(), services.clone(), stop_health.clone()));
 
-    // TEMPORARY EXPERIMENT HOOK (not to be committed)
-    let mut builder = Server::builder();
-    if let Ok(spec) = std::env::var("EXPERIMENT_H2") {
-        for part in spec.split(',') {
-            let (k, v) = part.split_once('=').unwrap_or((part, ""));
-            let n: u32 = v.parse().unwrap_or(0);
-            builder = match k {
-                "streams" => builder.max_concurrent_streams(n),
-                "swin" => builder.initial_stream_window_size(n),
-                "cwin" => builder.initial_connection_window_size(n),
-                "adaptive" => builder.http2_adaptive_window(Some(true)),
-                "frame" => builder.max_frame_size(n),
-                "climit" => builder.concurrency_limit_per_connection(n as usize),
-                _ => builder,
-            };
-        }
-        eprintln!("EXPERIMENT_H2={spec}");
-    }
-    let router = builder
+    // HTTP/2 settings, measured with benches/loadgen.rs (README, Performance):
+    // at most 256 concurrent streams per connection (tonic's default is
+    // unbounded; with 512 calls in flight on one connection the bound cut
+    // p99 from ~75 ms to ~15 ms at the same throughput, the queue moving to
+    // the client); hyper's 1 MiB flow-control windows are kept (64 KiB or
+    // adaptive windows measured no different: messages are under 1 KiB).
+    let router = Server::builder()
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(IntrospectService::new(app.verifier.clone()).into_server());
 
+    // TCP_NODELAY: without it, Nagle's algorithm and delayed ACKs held small
+    // answers back (measured: hot-token p99 9 ms → 42 ms).
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let drain = CancellationToken::new();
     let drain_signal = drain.clone().cancelled_owned();
