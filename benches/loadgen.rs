@@ -62,9 +62,10 @@ usage: cargo bench --bench loadgen -- [options]
   --no-pin               no taskset; both sides float over every CPU
   --load-fraction F      rate of the open-loop (latency) passes, as a fraction of
                          the measured peak (default 0.5)
-  --driver rust|h2load   client for the one-token scenarios (Health/Check, hot token);
-                         default h2load when installed (cheaper per call than the
-                         built-in h2 client, so the server stays the bottleneck)
+  --driver rust|h2load   client for the closed-loop one-token scenarios (Health/Check,
+                         hot token); default h2load when installed (cheaper per call
+                         than the built-in h2 client, so the server stays the
+                         bottleneck). Open-loop passes always use the built-in client.
   --server-bin PATH      server binary (default: the one cargo built)
   --server-env KEY=VAL   extra environment of the server (repeatable), e.g. RUST_LOG=warn
   --scenarios LIST       comma-separated subset of: crypto, health, hot, cached,
@@ -233,7 +234,7 @@ async fn run(args: Args) -> Result<(), Error> {
     )?;
     writeln!(
         report,
-        "- clients: {} for the one-token scenarios (Health/Check, hot token), the built-in h2 client (pre-encoded requests) for the many-token ones",
+        "- clients: {} for the closed-loop one-token scenarios (Health/Check, hot token); the built-in h2 client (pre-encoded requests) for the many-token and the open-loop (rate-limited) ones",
         if args.h2load { h2load_version() } else { "the built-in h2 client".to_owned() }
     )?;
     writeln!(
@@ -639,7 +640,7 @@ impl Target {
     ) -> Stats {
         eprintln!("{name}…");
         if args.h2load && bodies.len() == 1 {
-            return self.h2load(name, path, &bodies[0], None, args, server).await;
+            return self.h2load(name, path, &bodies[0], args, server).await;
         }
         let uri = self.uri(path);
         let next = Arc::new(AtomicUsize::new(0));
@@ -722,9 +723,6 @@ impl Target {
         server: &ServerProc,
     ) -> Stats {
         eprintln!("{name} ({rate:.0}/s)…");
-        if args.h2load && bodies.len() == 1 {
-            return self.h2load(name, path, &bodies[0], Some(rate), args, server).await;
-        }
         let uri = self.uri(path);
         let shared = Arc::new(Mutex::new(Worker::default()));
         let permits = Arc::new(Semaphore::new(MAX_OUTSTANDING));
@@ -778,20 +776,11 @@ impl Target {
 }
 
 impl Target {
-    /// The same scenario driven by h2load (one body): a warm-up run, then a
-    /// measured one whose per-request log gives the latencies. At `rate`
-    /// requests per second in total when given (`--rps` per connection).
+    /// A closed-loop scenario with one body, driven by h2load: a warm-up
+    /// run, then a measured one whose per-request log gives the latencies.
     /// h2load checks HTTP status only, so one call through the built-in
     /// client first checks that the answer is valid.
-    async fn h2load(
-        &self,
-        name: &str,
-        path: &str,
-        body: &Bytes,
-        rate: Option<f64>,
-        args: &Args,
-        server: &ServerProc,
-    ) -> Stats {
+    async fn h2load(&self, name: &str, path: &str, body: &Bytes, args: &Args, server: &ServerProc) -> Stats {
         let mut stats = Stats::new(name, &server.label, args.duration, Duration::ZERO);
         stats.driver = "h2load";
         if let Err(e) = self.call_once(path, body.clone()).await {
@@ -812,9 +801,6 @@ impl Target {
                 .arg("-d")
                 .arg(&body_file)
                 .args(["-H", "content-type: application/grpc", "-H", "te: trailers"]);
-            if let Some(rate) = rate {
-                cmd.arg(format!("--rps={}", (rate / args.connections as f64).max(1.0).round()));
-            }
             if let Some(log) = log {
                 cmd.arg("--log-file").arg(log);
             }

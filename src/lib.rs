@@ -10,6 +10,7 @@
 //! - [`service`]: gRPC adapters; [`service::respond`] maps outcomes to answers.
 //! - [`server`]: assembly, serving and drain ([`run`]).
 //! - [`health`]: readiness published through `grpc.health.v1`.
+//! - [`runtime`]: the binary's Tokio runtime (single-threaded on one CPU).
 //! - [`telemetry`]: logging and spans.
 //! - [`clock`]: injectable wall clock.
 //! - [`demo`]: the `demo` command.
@@ -22,6 +23,7 @@ pub mod demo;
 pub mod health;
 pub mod keys;
 pub mod pb;
+pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod shutdown;

@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     // The demo prints a table on stdout; keep its log quiet unless asked.
     let default_level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
     clerk_introspect::telemetry::init_logging(default_level);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match clerk_introspect::runtime::build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("clerk-introspect: cannot start the async runtime: {e}");

@@ -6,4 +6,5 @@ mod keys;
 mod lifecycle;
 mod property;
 mod reasons;
+mod runtime;
 mod support;
