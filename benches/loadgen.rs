@@ -311,9 +311,6 @@ async fn run(args: Args) -> Result<(), Error> {
             let peak = find(&rows, "Verify hot token (cached)").map_or(f64::NAN, |s| s.rate());
             let name = format!("Verify hot token at {pct} % of its peak");
             rows.push(t.open(&name, VERIFY, &hot, peak * args.fraction, &args, &a).await);
-            let peak = find(&rows, "Health/Check").map_or(f64::NAN, |s| s.rate());
-            let name = format!("Health/Check at {pct} % of its peak");
-            rows.push(t.open(&name, HEALTH, &health, peak * args.fraction, &args, &a).await);
         }
         if args.wants("rss") {
             eprintln!("verifying {} distinct ES256 tokens for the RSS reading…", es_all.len());
@@ -341,9 +338,9 @@ async fn run(args: Args) -> Result<(), Error> {
     writeln!(report, "## Load\n")?;
     writeln!(
         report,
-        "| scenario | server | client | requests/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU per request |"
+        "| scenario | server | client | requests/s | p50 ms | p99 ms | p99.9 ms | errors | server CPU per call (of a core) | client CPU per call (of a core) |"
     )?;
-    writeln!(report, "|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(report, "|---|---|---|---|---|---|---|---|---|---|")?;
     for r in &rows {
         writeln!(report, "{}", r.row())?;
     }
@@ -669,7 +666,7 @@ impl Target {
             }
         }
         tokio::time::sleep(args.warmup).await;
-        let cpu0 = server.cpu();
+        let (cpu0, own0) = (server.cpu(), own_cpu().0);
         let t0 = Instant::now();
         phase.store(MEASURE, Ordering::Relaxed);
         tokio::time::sleep(args.duration).await;
@@ -677,6 +674,7 @@ impl Target {
         let elapsed = t0.elapsed();
         let cpu = server.cpu().saturating_sub(cpu0);
         let mut stats = Stats::new(name, &server.label, elapsed, cpu);
+        stats.client_cpu = own_cpu().0.saturating_sub(own0);
         while let Some(w) = workers.join_next().await {
             stats.merge(w.expect("worker"));
         }
@@ -712,7 +710,10 @@ impl Target {
     }
 
     /// Open loop: calls started at `rate` per second whatever the answers'
-    /// pace (requests due in the same timer tick, 1 ms, leave together).
+    /// pace. A pacing thread sleeps (not spins) until the next call is due
+    /// and hands the runtime every call due by then, so calls leave evenly
+    /// spaced to within the thread's wake-up time, about 0.1 ms (Tokio's own
+    /// timer would release them in 1 ms bursts).
     async fn open(
         &self,
         name: &str,
@@ -733,40 +734,60 @@ impl Target {
             let bodies = bodies.clone();
             async move {
                 let total = (rate * duration.as_secs_f64()) as usize;
-                let start = tokio::time::Instant::now();
-                let mut dropped = 0;
-                for i in 0..total {
-                    let due = start + Duration::from_secs_f64(i as f64 / rate);
-                    if due > tokio::time::Instant::now() {
-                        tokio::time::sleep_until(due).await;
-                    }
-                    let Ok(permit) = permits.clone().try_acquire_owned() else {
-                        dropped += 1;
-                        continue;
-                    };
-                    let conn = conns[i % conns.len()].clone();
-                    let (uri, body, shared) = (uri.clone(), bodies[i % bodies.len()].clone(), shared.clone());
-                    tokio::spawn(async move {
-                        let t0 = Instant::now();
-                        let result = call(&conn, &uri, body).await;
-                        let ns = t0.elapsed().as_nanos().min(u32::MAX as u128) as u32;
-                        if measure {
-                            shared.lock().unwrap().record(ns, result);
+                let (tx, mut due) = tokio::sync::mpsc::unbounded_channel::<std::ops::Range<usize>>();
+                let pacer = std::thread::spawn(move || {
+                    let start = Instant::now();
+                    let mut sent = 0;
+                    while sent < total {
+                        // Everything due by now leaves now; then sleep until the next one.
+                        let elapsed = start.elapsed().as_secs_f64();
+                        let upto = ((elapsed * rate) as usize + 1).min(total);
+                        if upto > sent {
+                            if tx.send(sent..upto).is_err() {
+                                return;
+                            }
+                            sent = upto;
                         }
-                        drop(permit);
-                    });
+                        let next = start + Duration::from_secs_f64(sent as f64 / rate);
+                        let now = Instant::now();
+                        if next > now {
+                            std::thread::sleep(next - now);
+                        }
+                    }
+                });
+                let mut dropped = 0;
+                while let Some(range) = due.recv().await {
+                    for i in range {
+                        let Ok(permit) = permits.clone().try_acquire_owned() else {
+                            dropped += 1;
+                            continue;
+                        };
+                        let conn = conns[i % conns.len()].clone();
+                        let (uri, body, shared) = (uri.clone(), bodies[i % bodies.len()].clone(), shared.clone());
+                        tokio::spawn(async move {
+                            let t0 = Instant::now();
+                            let result = call(&conn, &uri, body).await;
+                            let ns = t0.elapsed().as_nanos().min(u32::MAX as u128) as u32;
+                            if measure {
+                                shared.lock().unwrap().record(ns, result);
+                            }
+                            drop(permit);
+                        });
+                    }
                 }
+                let _ = pacer.join();
                 let _ = permits.acquire_many(MAX_OUTSTANDING as u32).await;
                 dropped
             }
         };
         run(args.warmup, false).await;
-        let cpu0 = server.cpu();
+        let (cpu0, own0) = (server.cpu(), own_cpu().0);
         let t0 = Instant::now();
         dropped += run(args.duration, true).await;
         let elapsed = t0.elapsed();
         let cpu = server.cpu().saturating_sub(cpu0);
         let mut stats = Stats::new(name, &server.label, elapsed, cpu);
+        stats.client_cpu = own_cpu().0.saturating_sub(own0);
         stats.merge(std::mem::take(&mut *shared.lock().unwrap()));
         stats.errors += dropped;
         stats.finish();
@@ -808,9 +829,10 @@ impl Target {
             cmd.output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         };
         let _ = tokio::task::block_in_place(|| run(args.warmup, None));
-        let cpu0 = server.cpu();
+        let (cpu0, children0) = (server.cpu(), own_cpu().1);
         let out = tokio::task::block_in_place(|| run(args.duration, Some(&log)));
         stats.server_cpu = server.cpu().saturating_sub(cpu0);
+        stats.client_cpu = own_cpu().1.saturating_sub(children0);
         let out = match out {
             Ok(out) => out,
             Err(e) => {
@@ -919,6 +941,7 @@ struct Stats {
     driver: &'static str,
     elapsed: Duration,
     server_cpu: Duration,
+    client_cpu: Duration,
     latencies: Vec<u32>,
     errors: usize,
     first_error: Option<String>,
@@ -932,6 +955,7 @@ impl Stats {
             driver: "h2 (built-in)",
             elapsed,
             server_cpu,
+            client_cpu: Duration::ZERO,
             latencies: Vec::new(),
             errors: 0,
             first_error: None,
@@ -966,13 +990,14 @@ impl Stats {
 
     fn row(&self) -> String {
         let done = self.latencies.len() + self.errors;
-        let cpu = if done == 0 { f64::NAN } else { self.server_cpu.as_secs_f64() * 1e6 / done as f64 };
+        let per_call = |cpu: Duration| if done == 0 { f64::NAN } else { cpu.as_secs_f64() * 1e6 / done as f64 };
+        let share = |cpu: Duration| cpu.as_secs_f64() * 100.0 / self.elapsed.as_secs_f64();
         let errors = match &self.first_error {
             Some(e) => format!("{} ({e})", self.errors),
             None => self.errors.to_string(),
         };
         format!(
-            "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {:.1} µs |",
+            "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {:.3} | {} | {:.1} µs ({:.0} %) | {:.1} µs ({:.0} %) |",
             self.name,
             self.server,
             self.driver,
@@ -981,12 +1006,28 @@ impl Stats {
             self.percentile(0.99) * 1e3,
             self.percentile(0.999) * 1e3,
             errors,
-            cpu
+            per_call(self.server_cpu),
+            share(self.server_cpu),
+            per_call(self.client_cpu),
+            share(self.client_cpu),
         )
     }
 }
 
 // ---------------------------------------------------------------- machine
+
+/// CPU time (user + system) of this process, and of its waited-for children.
+fn own_cpu() -> (Duration, Duration) {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let tick = clock_tick();
+    let sum = |a: usize, b: usize| {
+        let t: f64 = [a, b].iter().filter_map(|i| fields.get(*i)?.parse::<f64>().ok()).sum();
+        Duration::from_secs_f64(t / tick)
+    };
+    (sum(11, 12), sum(13, 14))
+}
 
 fn machine_cores() -> usize {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
