@@ -28,6 +28,9 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(60);
 pub const MAX_REFRESH: Duration = Duration::from_secs(3600);
 /// Relative jitter applied to every refresh delay (±10 %).
 pub const REFRESH_JITTER: f64 = 0.1;
+/// Longest retry delay before an issuer's keys first load: the service is
+/// not ready meanwhile, so it retries more eagerly than after a load.
+pub const STARTUP_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Where an issuer's keys come from.
 #[derive(Clone, Debug)]
@@ -421,7 +424,12 @@ async fn refresher(keys: Weak<IssuerKeys>, cancel: CancellationToken) {
             }
             Err(_) => {
                 failures = failures.saturating_add(1);
-                backoff(settings.initial_backoff, settings.max_backoff, failures)
+                let max = if trigger == Trigger::Startup {
+                    settings.max_backoff.min(STARTUP_MAX_BACKOFF)
+                } else {
+                    settings.max_backoff
+                };
+                backoff(settings.initial_backoff, max, failures)
             }
         };
         drop(this);

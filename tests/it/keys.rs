@@ -125,6 +125,9 @@ async fn issuer_down_at_start_then_up() {
     let mut other = issuer.session_claims(server.now());
     other["iss"] = json!("https://clerk.other.example.com");
     assert_eq!(server.reason(&key.mint(&other)).await, Reason::UntrustedIssuer);
+    // So is a token without iss: it names no trusted issuer to be unavailable.
+    other.as_object_mut().unwrap().remove("iss");
+    assert_eq!(server.reason(&key.mint(&other)).await, Reason::UntrustedIssuer);
 
     issuer.set_up(true);
     server.wait_for(ServingStatus::Serving).await;
