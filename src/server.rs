@@ -98,6 +98,7 @@ pub async fn serve(
     for service in std::iter::once("").chain(services.iter().copied()) {
         reporter.set_service_status(service, ServingStatus::NotServing).await;
     }
+    reporter.set_service_status(crate::health::LIVENESS_SERVICE, ServingStatus::Serving).await;
     let reflection = || {
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)

@@ -3,6 +3,7 @@
 
 mod keys;
 mod lifecycle;
+mod liveness;
 mod property;
 mod reasons;
 mod support;
