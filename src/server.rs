@@ -37,6 +37,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("the gRPC server failed")]
     Transport(#[source] tonic::transport::Error),
+    /// TLS could not be configured.
+    #[error("cannot configure TLS")]
+    Tls(#[source] crate::tls::TlsError),
 }
 
 /// The running parts of the service, shared by every RPC.
@@ -46,6 +49,10 @@ pub struct App {
     pub verifier: Arc<Verifier>,
     /// Readiness, for health.
     pub readiness: Arc<Readiness>,
+    /// TLS for the listener (`None`: plaintext).
+    pub tls: Option<Arc<crate::tls::TlsState>>,
+    /// What [`App::reload`] needs.
+    pub(crate) reload: Arc<crate::reload::ReloadContext>,
 }
 
 impl App {
@@ -65,7 +72,9 @@ impl App {
         }));
         let verifier = Arc::new(Verifier::new(trust, config.clock.clone()));
         let readiness = Arc::new(Readiness::new(verifier.clone(), changed));
-        Ok(App { verifier, readiness })
+        let tls = config.tls.clone().map(crate::tls::TlsState::load).transpose().map_err(ServeError::Tls)?;
+        let reload = Arc::new(crate::reload::ReloadContext::new(ctx, config));
+        Ok(App { verifier, readiness, tls, reload })
     }
 }
 
@@ -116,10 +125,18 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(IntrospectService::new(app.verifier.clone()).into_server());
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let drain = CancellationToken::new();
     let drain_signal = drain.clone().cancelled_owned();
-    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, drain_signal));
+    let mut server = match app.tls.clone() {
+        None => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, drain_signal))
+        }
+        Some(tls) => {
+            info!(mtls = tls.requires_client_certificates(), "TLS on the gRPC listener");
+            tokio::spawn(router.serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), drain_signal))
+        }
+    };
     info!(%addr, "serving gRPC");
 
     let result = tokio::select! {
