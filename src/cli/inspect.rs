@@ -146,6 +146,8 @@ pub fn inspect(raw: &str, now: i64) -> Result<Report, Rejection> {
             ),
         );
     }
+    // Errors first, then warnings, then notes; pipeline order within each.
+    f.0.sort_by_key(|finding| finding.level);
     Ok(Report { header, payload, signature_bytes: parts.signature_len, token_bytes: t.len(), kind, findings: f.0, now })
 }
 

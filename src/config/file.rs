@@ -435,21 +435,29 @@ impl<'a> Ctx<'a> {
         }
     }
 
-    /// The key of the `key = value` at or before `offset`.
+    /// The key of the `key = value` at `offset`, or of the multi-line value
+    /// it is in; `None` on a table header.
     fn key_at(&self, offset: usize) -> Option<String> {
         let offset = offset.min(self.src.len());
         let start_of_line = self.src[..offset].rfind('\n').map_or(0, |i| i + 1);
-        let mut lines = self.src[..start_of_line].lines().rev();
         let this_line = self.src[start_of_line..].lines().next().unwrap_or("");
-        std::iter::once(this_line).chain(lines.by_ref()).take(50).find_map(|l| {
-            let l = l.trim();
-            if l.starts_with('#') || l.starts_with('[') {
+        let earlier = self.src[..start_of_line].lines().rev();
+        for line in std::iter::once(this_line).chain(earlier).take(200) {
+            let l = line.trim();
+            if l.starts_with('[') {
                 return None;
             }
-            let (k, _) = l.split_once('=')?;
-            let k = k.trim().trim_matches('"');
-            (!k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))).then(|| k.to_owned())
-        })
+            if l.is_empty() || l.starts_with('#') {
+                continue;
+            }
+            if let Some((k, _)) = l.split_once('=') {
+                let k = k.trim().trim_matches('"');
+                if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c)) {
+                    return Some(k.to_owned());
+                }
+            }
+        }
+        None
     }
 
     fn choose<'e, T>(&self, id: &str, flag: &'static str, file: Option<&'e Spanned<T>>, key: String) -> Choice<'e, T> {
@@ -785,8 +793,10 @@ impl<'a> Ctx<'a> {
                 let path = self.resolve_path(v);
                 read.push(path.clone());
                 let text = read_text(&path, MAX_BODY_BYTES as u64).map_err(|p| self.err(&k, span.clone(), p))?;
-                let parsed = jwk::parse_jwks(text.as_bytes(), &[])
-                    .map_err(|e| self.err(&k, span.clone(), format!("{}: {e}", path.display())))?;
+                let parsed = jwk::parse_jwks(text.as_bytes(), &[]).map_err(|e| {
+                    let why = first_unusable_key(&text).map_or(String::new(), |w| format!(" ({w})"));
+                    self.err(&k, span.clone(), format!("{}: {e}{why}", path.display()))
+                })?;
                 if let Some(skipped) = parsed.skipped.first() {
                     return Err(self.err(
                         &k,
@@ -818,9 +828,20 @@ impl<'a> Ctx<'a> {
     }
 }
 
-/// The field named in serde's "unknown field `x`" message.
+/// Why the first unusable key of a JWKS text cannot be used.
+fn first_unusable_key(text: &str) -> Option<String> {
+    let doc: serde_json::Value = serde_json::from_str(text).ok()?;
+    doc.get("keys")?.as_array()?.iter().find_map(|k| {
+        jwk::key_from_jwk_json(k).err().map(|reason| {
+            let kid = k.get("kid").and_then(serde_json::Value::as_str).map(|kid| jwk::truncate(kid, 64));
+            format!("key {}: {reason}", kid.map_or("without kid".to_owned(), |kid| format!("{kid:?}")))
+        })
+    })
+}
+
+/// The field named in serde's "unknown field `x`" or "missing field `x`" message.
 fn unknown_field(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
+    let rest = message.strip_prefix("unknown field `").or_else(|| message.strip_prefix("missing field `"))?;
     Some(rest.split('`').next()?.to_owned())
 }
 
