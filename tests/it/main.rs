@@ -1,8 +1,13 @@
 //! Integration tests: the real server on `127.0.0.1:0`, a real HTTP issuer
 //! on loopback (discovery + JWKS), real gRPC clients, exact reasons.
 
+mod commands;
+mod config_file;
 mod keys;
 mod lifecycle;
 mod property;
 mod reasons;
+mod reload;
+mod scratch;
 mod support;
+mod tls;
