@@ -142,6 +142,10 @@ pub struct ServeArgs {
     #[arg(long, env = "INTROSPECT_TLS_CLIENT_CA", value_name = "FILE")]
     pub tls_client_ca: Option<PathBuf>,
 
+    /// Validate the configuration (flags, config file, key and TLS files), print a summary and exit: 0 if it is valid, 64 if not. Nothing is bound and no issuer is contacted.
+    #[arg(long)]
+    pub check_config: bool,
+
     /// How often the config file (and the files it names) and the TLS files are checked for changes; 0 turns checking off (SIGHUP still reloads).
     #[arg(long, env = "INTROSPECT_WATCH_INTERVAL", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub watch_interval: Duration,

@@ -37,6 +37,10 @@ fn main() -> ExitCode {
                         return ExitCode::from(EX_USAGE);
                     }
                 };
+                if args.check_config {
+                    print!("{}", clerk_introspect::config::file::summary(&config));
+                    return ExitCode::SUCCESS;
+                }
                 let listener = match TcpListener::bind(config.listen).await {
                     Ok(l) => l,
                     Err(e) => {

@@ -230,6 +230,35 @@ pub fn resolve(args: &ServeArgs, matches: Option<&ArgMatches>) -> Result<(Config
     Ok((config, Some(source)))
 }
 
+/// A human summary of a validated configuration (for `serve --check-config`).
+pub fn summary(config: &Config) -> String {
+    let mut out = format!("configuration OK: listen {}", config.listen);
+    match &config.tls {
+        None => out.push_str(", plaintext"),
+        Some(t) if t.client_ca.is_some() => out.push_str(", TLS with client certificates (mTLS)"),
+        Some(_) => out.push_str(", TLS"),
+    }
+    out.push_str(&format!(", {} issuer(s)\n", config.issuers.len()));
+    for i in &config.issuers {
+        let source = match &i.source {
+            KeySource::Discovery => "keys by discovery".to_owned(),
+            KeySource::JwksUri(u) => format!("keys from {u}"),
+            KeySource::Static(keys) => format!("{} static key(s), no network", keys.len()),
+        };
+        let p = &i.policy;
+        out.push_str(&format!(
+            "  {}: {source}; algorithms {}; roles {}; authorized parties {}{}; clock skew {} s\n",
+            i.issuer,
+            p.algorithms,
+            p.roles.join(", "),
+            if p.authorized_parties.is_empty() { "any".to_owned() } else { p.authorized_parties.join(", ") },
+            if p.require_azp { " (azp required)" } else { "" },
+            p.clock_skew.as_secs()
+        ));
+    }
+    out
+}
+
 /// Policy and timing flags (clap id, flag) that apply to every issuer.
 const POLICY_FLAGS: [(&str, &str); 11] = [
     ("authorized_parties", "--authorized-party"),

@@ -213,6 +213,36 @@ fn serve_refuses_a_bad_config_file_naming_the_line_and_the_key() {
     }
 }
 
+#[test]
+fn check_config_validates_without_binding_or_fetching() {
+    let dir = Scratch::new();
+    dir.write("clerk.jwks.json", &fixtures()["jwks"].to_string());
+    let path = dir.write(
+        "config.toml",
+        &format!(
+            "listen = \"127.0.0.1:1\"\n[[issuers]]\nissuer = \"{CLERK_FIXTURE_ISSUER}\"\njwks_file = \"clerk.jwks.json\"\n[[issuers]]\nissuer = \"https://clerk.unreachable.invalid\"\nrequire_azp = true\n"
+        ),
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config", path.to_str().unwrap(), "--check-config"])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let text = crate::scratch::stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
+    assert!(text.starts_with("configuration OK: listen 127.0.0.1:1, plaintext, 2 issuer(s)"), "{text}");
+    assert!(text.contains("1 static key(s), no network"), "{text}");
+    assert!(text.contains("https://clerk.unreachable.invalid: keys by discovery"), "{text}");
+    assert!(text.contains("(azp required)"), "{text}");
+    dir.write("config.toml", "[[issuers]]\nissuer = \"https://clerk.example.com\"\nroles = []\n");
+    let out = std::process::Command::new(BIN)
+        .args(["serve", "--config", path.to_str().unwrap(), "--check-config"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(stderr(&out).contains("config.toml:3: issuers[0].roles"), "{}", stderr(&out));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_with_a_config_file_and_an_explicit_flag() {
     // The file says roles = ["editor"]; --role on the command line wins.
