@@ -59,6 +59,7 @@ impl App {
     /// Builds the key caches (spawning their refreshers) and the verifier.
     /// Must run inside a Tokio runtime.
     pub fn start(config: &Config) -> Result<App, ServeError> {
+        let tls = config.tls.clone().map(crate::tls::TlsState::load).transpose().map_err(ServeError::Tls)?;
         let changed = Arc::new(Notify::new());
         let ctx = KeyContext {
             fetcher: Fetcher::new().map_err(ServeError::HttpClient)?,
@@ -72,7 +73,6 @@ impl App {
         }));
         let verifier = Arc::new(Verifier::new(trust, config.clock.clone()));
         let readiness = Arc::new(Readiness::new(verifier.clone(), changed));
-        let tls = config.tls.clone().map(crate::tls::TlsState::load).transpose().map_err(ServeError::Tls)?;
         let reload = Arc::new(crate::reload::ReloadContext::new(ctx, config));
         Ok(App { verifier, readiness, tls, reload })
     }

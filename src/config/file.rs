@@ -371,8 +371,7 @@ impl Source {
 
     fn load_inner(&self, read: &mut Vec<PathBuf>) -> Result<Config, ConfigError> {
         read.push(self.path.clone());
-        let text = read_text(&self.path, MAX_CONFIG_BYTES)
-            .map_err(|problem| ConfigError::new(format!("--config {}", self.path.display()), problem))?;
+        let text = read_text(&self.path, MAX_CONFIG_BYTES).map_err(|problem| ConfigError::new("--config", problem))?;
         parse(&text, &self.path, &self.cli, read)
     }
 }
