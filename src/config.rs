@@ -1,6 +1,6 @@
 //! The command line (clap, every flag with an environment variable) and the
 //! validated configuration it produces, before any port is bound. The
-//! `--config` file is read by [`file`].
+//! `--config` file is read by [`mod@file`].
 
 pub mod file;
 

@@ -2,7 +2,7 @@
 //! file (or a key file it names, or a TLS file) changes.
 //!
 //! [`App::reload`] swaps the trust set in one step
-//! ([`Verifier::set_trust`]): connections stay open, and a call in flight
+//! ([`Verifier::set_trust`](crate::verify::Verifier::set_trust)): connections stay open, and a call in flight
 //! finishes with the configuration it started with. An issuer whose
 //! identifier, key source and refresh timing are unchanged keeps its key
 //! cache (no refetch; only its policy is replaced if that changed); a new

@@ -22,8 +22,11 @@ use crate::keys::{MAX_REFRESH, MIN_REFRESH, REFRESH_JITTER};
 #[derive(Debug, Clone, Args)]
 #[deny(missing_docs)]
 pub struct CheckIssuerArgs {
-    /// The issuer: your Clerk Frontend API URL (https://clerk.<your-domain>, or https://<slug>.clerk.accounts.dev in development). A publishable key (pk_live_… / pk_test_…) works too: the issuer is derived from it.
-    #[arg(value_name = "URL")]
+    /// The issuer (the Clerk Frontend API URL), or a publishable key to derive it from.
+    #[arg(
+        value_name = "URL",
+        help = "The issuer: your Clerk Frontend API URL (https://clerk.<your-domain>, or https://<slug>.clerk.accounts.dev in development). A publishable key (pk_live_… / pk_test_…) works too: the issuer is derived from it."
+    )]
     pub issuer: String,
 
     /// Fetch the keys from this JWKS URL instead of discovery (as jwks_uri in the config file).

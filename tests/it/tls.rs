@@ -300,3 +300,34 @@ async fn serve_and_verify_commands_over_mtls_with_certificate_rotation() {
     .unwrap();
     assert_eq!(line.1, Some(0));
 }
+
+#[tokio::test]
+async fn a_config_reload_can_point_tls_at_other_files() {
+    let dir = Scratch::new();
+    let first = Pki::new("first");
+    first.write(&dir, "");
+    let second = Pki::new("second");
+    second.write(&dir, "next/");
+    let key = TestKey::rsa("ins_paths");
+    let server = tls_server(&dir, &key, false).await;
+    wait_serving(&channel(&server, &first.ca, None).await.unwrap()).await;
+
+    let mut config = Config::new(vec![static_issuer(&key)]);
+    config.tls =
+        Some(TlsFiles { cert: dir.path("next/server.crt"), key: dir.path("next/server.key"), client_ca: None });
+    let summary = server.app.reload(&config).unwrap();
+    assert!(summary.tls_files_changed);
+    assert!(verify(&channel(&server, &second.ca, None).await.unwrap(), &token(&key)).await.unwrap());
+
+    // Files that do not load refuse the whole reload: nothing changes.
+    config.tls = Some(TlsFiles { cert: dir.path("missing.crt"), key: dir.path("next/server.key"), client_ca: None });
+    config.issuers[0].policy.roles = vec!["editor".into()];
+    assert!(server.app.reload(&config).is_err());
+    assert!(verify(&channel(&server, &second.ca, None).await.unwrap(), &token(&key)).await.unwrap(), "old policy");
+
+    // Turning TLS off needs a restart: reported, and the rest applies.
+    config.tls = None;
+    let summary = server.app.reload(&config).unwrap();
+    assert_eq!(summary.needs_restart, vec!["tls (turning TLS off)"]);
+    assert!(!verify(&channel(&server, &second.ca, None).await.unwrap(), &token(&key)).await.unwrap(), "new policy");
+}
