@@ -466,7 +466,10 @@ impl<'a> Ctx<'a> {
     /// The key of the `key = value` at `offset`, or of the multi-line value
     /// it is in; `None` on a table header.
     fn key_at(&self, offset: usize) -> Option<String> {
-        let offset = offset.min(self.src.len());
+        let mut offset = offset.min(self.src.len());
+        while !self.src.is_char_boundary(offset) {
+            offset -= 1;
+        }
         let start_of_line = self.src[..offset].rfind('\n').map_or(0, |i| i + 1);
         let this_line = self.src[start_of_line..].lines().next().unwrap_or("");
         let earlier = self.src[..start_of_line].lines().rev();
