@@ -469,3 +469,19 @@ fn a_source_notices_changes_to_the_file_and_the_key_files_it_names() {
     assert!(source.changed());
     assert_eq!(source.load().unwrap().issuers.len(), 1);
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(200))]
+
+    /// Whatever the file holds, the answer is a config or a one-line error.
+    #[test]
+    fn any_text_is_a_config_or_a_one_line_error(
+        text in r#"(\[\[issuers\]\]\n|\[tls\]\n|[a-z_]{1,20} = ("[^"\n]{0,40}"|-?[0-9]{1,6}|\[("[^"\n]{0,20}",? ?){0,3}\]|true)\n|[^\n]{0,30}\n){0,8}"#
+    ) {
+        let line = cli(&[]);
+        match parse(&text, std::path::Path::new("/nonexistent/config.toml"), &line, &mut Vec::new()) {
+            Ok(config) => proptest::prop_assert!(!config.issuers.is_empty()),
+            Err(e) => proptest::prop_assert!(!e.to_string().contains('\n'), "{}", e),
+        }
+    }
+}
