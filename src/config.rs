@@ -1,7 +1,11 @@
 //! The command line (clap, every flag with an environment variable) and the
-//! validated configuration it produces, before any port is bound.
+//! validated configuration it produces, before any port is bound. The
+//! `--config` file is read by [`mod@file`].
+
+pub mod file;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,12 +15,19 @@ use crate::clock::{Clock, SystemClock};
 use crate::keys::fetch::{check_key_url, is_loopback_host};
 use crate::keys::jwk::{Algorithm, AlgorithmSet};
 use crate::keys::{KeySource, RefreshSettings};
+use crate::tls::TlsFiles;
 use crate::verify::{Policy, TokenKind, TokenKinds};
 
 /// Largest accepted clock skew.
 pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
 /// Least time allowed between unknown-kid refetches.
 pub const MIN_UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(1);
+/// Shortest refresh interval that may be configured.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// Default gRPC listen address.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 50051);
+/// Default interval between checks of the config and TLS files for changes.
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// clerk-introspect: verifies Clerk session tokens centrally, over gRPC and
 /// as an Envoy ext_authz server, before they reach Supabase.
@@ -35,6 +46,12 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Run a self-contained demo: a local test issuer, the server, and a few tokens verified through gRPC. No network or Clerk account needed.
     Demo(DemoArgs),
+    /// Ask a running server to verify a token, and print its answer (exit 0 valid, 1 invalid, 2 could not ask).
+    Verify(crate::cli::verify::VerifyArgs),
+    /// Decode a token locally, WITHOUT verifying it, and flag wrong set-ups (HS256, Supabase-minted, no role, ...).
+    Inspect(crate::cli::inspect::InspectArgs),
+    /// Fetch an issuer's discovery document and JWKS exactly as serve would, and report what is found and every problem.
+    CheckIssuer(crate::cli::check_issuer::CheckIssuerArgs),
 }
 
 /// Flags of `serve`. Every flag also reads the environment variable shown;
@@ -108,6 +125,30 @@ pub struct ServeArgs {
     /// Longest wait for in-flight calls after SIGTERM before the process exits anyway.
     #[arg(long, env = "INTROSPECT_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_grace: Duration,
+
+    /// A TOML config file: issuers with per-issuer policy and key sources, listener, TLS. Re-read on SIGHUP and when it changes. A flag given on the command line wins over the file; the file wins over environment variables.
+    #[arg(long, env = "INTROSPECT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key). Reloaded when the file changes.
+    #[arg(long, env = "INTROSPECT_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "INTROSPECT_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): require every caller to present a client certificate issued by one of them (mTLS).
+    #[arg(long, env = "INTROSPECT_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Validate the configuration (flags, config file, key and TLS files), print a summary and exit: 0 if it is valid, 64 if not. Nothing is bound and no issuer is contacted.
+    #[arg(long)]
+    pub check_config: bool,
+
+    /// How often the config file (and the files it names) and the TLS files are checked for changes; 0 turns checking off (SIGHUP still reloads).
+    #[arg(long, env = "INTROSPECT_WATCH_INTERVAL", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub watch_interval: Duration,
 }
 
 /// Flags of `demo`.
@@ -122,7 +163,8 @@ pub struct DemoArgs {
     pub once: bool,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// Parses a duration such as `500ms`, `10s`, `5m` or `24h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m, 24h)"))
 }
 
@@ -177,6 +219,13 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The clock (injected by tests).
     pub clock: Arc<dyn Clock>,
+    /// gRPC listen address (bound by `main`; a reload cannot change it).
+    pub listen: SocketAddr,
+    /// TLS for the listener; `None` serves plaintext.
+    pub tls: Option<TlsFiles>,
+    /// Interval between checks of the config and TLS files for changes
+    /// (zero: no checks; SIGHUP still reloads).
+    pub watch_interval: Duration,
 }
 
 impl std::fmt::Debug for Config {
@@ -184,6 +233,9 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("issuers", &self.issuers)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("listen", &self.listen)
+            .field("tls", &self.tls)
+            .field("watch_interval", &self.watch_interval)
             .finish_non_exhaustive()
     }
 }
@@ -191,7 +243,14 @@ impl std::fmt::Debug for Config {
 impl Config {
     /// A configuration trusting `issuers`, with defaults elsewhere.
     pub fn new(issuers: Vec<IssuerConfig>) -> Self {
-        Self { issuers, shutdown_grace: Duration::from_secs(20), clock: Arc::new(SystemClock) }
+        Self {
+            issuers,
+            shutdown_grace: Duration::from_secs(20),
+            clock: Arc::new(SystemClock),
+            listen: DEFAULT_LISTEN,
+            tls: None,
+            watch_interval: DEFAULT_WATCH_INTERVAL,
+        }
     }
 
     /// Builds and validates the configuration from `serve`'s flags.
@@ -217,7 +276,15 @@ impl Config {
             issuer.policy = policy.clone();
             issuer.refresh = refresh;
         }
-        Ok(Config { issuers, shutdown_grace: args.shutdown_grace, clock: Arc::new(SystemClock) })
+        Ok(Config {
+            issuers,
+            shutdown_grace: args.shutdown_grace,
+            clock: Arc::new(SystemClock),
+            listen: args.listen,
+            tls: file::tls_from_flags(args.tls_cert.clone(), args.tls_key.clone(), args.tls_client_ca.clone())?,
+            watch_interval: file::check_watch_interval(args.watch_interval)
+                .map_err(|p| ConfigError::new("--watch-interval", p))?,
+        })
     }
 }
 
@@ -265,7 +332,7 @@ fn policy_from_args(args: &ServeArgs) -> Result<Policy, ConfigError> {
 }
 
 fn refresh_from_args(args: &ServeArgs) -> Result<RefreshSettings, ConfigError> {
-    if args.refresh_interval < Duration::from_secs(10) {
+    if args.refresh_interval < MIN_REFRESH_INTERVAL {
         return Err(ConfigError::new("--refresh-interval", "must be at least 10s (the default is 5m)"));
     }
     if args.unknown_kid_cooldown < MIN_UNKNOWN_KID_COOLDOWN {
@@ -322,7 +389,7 @@ mod tests {
         full.extend_from_slice(args);
         match Cli::try_parse_from(full)?.command {
             Command::Serve(a) => Ok(*a),
-            Command::Demo(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 

@@ -11,22 +11,28 @@
 //! - [`server`]: assembly, serving and drain ([`run`]).
 //! - [`health`]: readiness published through `grpc.health.v1`.
 //! - [`telemetry`]: logging and spans.
+//! - [`tls`]: TLS and mTLS for the listener, with certificate reload.
+//! - [`reload`]: configuration reload (SIGHUP, file changes) without a restart.
+//! - [`cli`]: the `verify`, `inspect` and `check-issuer` commands.
 //! - [`clock`]: injectable wall clock.
 //! - [`demo`]: the `demo` command.
 //! - [`test_issuer`]: a loopback issuer for the demo, tests and benchmarks.
 //! - [`pb`]: generated wire types.
 
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod health;
 pub mod keys;
 pub mod pb;
+pub mod reload;
 pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
 pub mod test_issuer;
+pub mod tls;
 pub mod verify;
 
 pub use config::Config;

@@ -3,8 +3,8 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use clerk_introspect::config::{Cli, Command, Config};
+use clap::{CommandFactory, FromArgMatches};
+use clerk_introspect::config::{Cli, Command};
 use tokio::net::TcpListener;
 
 /// Exit code for bad configuration (BSD `EX_USAGE`).
@@ -13,9 +13,11 @@ const EX_USAGE: u8 = 64;
 const EX_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // The demo prints a table on stdout; keep its log quiet unless asked.
-    let default_level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
+    // The matches tell flags given on the command line from env vars and defaults.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Only serve logs at info by default; the other commands print to stdout.
+    let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
     clerk_introspect::telemetry::init_logging(default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -27,21 +29,27 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => {
-                let config = match Config::from_args(&args) {
+                let serve_matches = matches.subcommand_matches("serve");
+                let (config, source) = match clerk_introspect::config::file::resolve(&args, serve_matches) {
                     Ok(c) => c,
                     Err(e) => {
                         eprintln!("clerk-introspect: invalid configuration: {e}");
                         return ExitCode::from(EX_USAGE);
                     }
                 };
-                let listener = match TcpListener::bind(args.listen).await {
+                if args.check_config {
+                    print!("{}", clerk_introspect::config::file::summary(&config));
+                    return ExitCode::SUCCESS;
+                }
+                let listener = match TcpListener::bind(config.listen).await {
                     Ok(l) => l,
                     Err(e) => {
-                        eprintln!("clerk-introspect: cannot listen on {} (--listen): {e}", args.listen);
+                        eprintln!("clerk-introspect: cannot listen on {} (--listen): {e}", config.listen);
                         return ExitCode::from(EX_UNAVAILABLE);
                     }
                 };
-                match clerk_introspect::run(listener, config, clerk_introspect::shutdown::signal()).await {
+                let shutdown = clerk_introspect::shutdown::signal();
+                match clerk_introspect::reload::run(listener, config, source, shutdown).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("clerk-introspect: {}", error_chain(&e));
@@ -56,6 +64,9 @@ fn main() -> ExitCode {
                     ExitCode::from(EX_UNAVAILABLE)
                 }
             },
+            Command::Verify(args) => ExitCode::from(clerk_introspect::cli::verify::run(&args).await),
+            Command::Inspect(args) => ExitCode::from(clerk_introspect::cli::inspect::run(&args)),
+            Command::CheckIssuer(args) => ExitCode::from(clerk_introspect::cli::check_issuer::run(&args).await),
         }
     })
 }

@@ -37,6 +37,9 @@ pub enum ServeError {
     /// The gRPC server failed.
     #[error("the gRPC server failed")]
     Transport(#[source] tonic::transport::Error),
+    /// TLS could not be configured.
+    #[error("cannot configure TLS")]
+    Tls(#[source] crate::tls::TlsError),
 }
 
 /// The running parts of the service, shared by every RPC.
@@ -46,12 +49,17 @@ pub struct App {
     pub verifier: Arc<Verifier>,
     /// Readiness, for health.
     pub readiness: Arc<Readiness>,
+    /// TLS for the listener (`None`: plaintext).
+    pub tls: Option<Arc<crate::tls::TlsState>>,
+    /// What [`App::reload`] needs.
+    pub(crate) reload: Arc<crate::reload::ReloadContext>,
 }
 
 impl App {
     /// Builds the key caches (spawning their refreshers) and the verifier.
     /// Must run inside a Tokio runtime.
     pub fn start(config: &Config) -> Result<App, ServeError> {
+        let tls = config.tls.clone().map(crate::tls::TlsState::load).transpose().map_err(ServeError::Tls)?;
         let changed = Arc::new(Notify::new());
         let ctx = KeyContext {
             fetcher: Fetcher::new().map_err(ServeError::HttpClient)?,
@@ -65,7 +73,8 @@ impl App {
         }));
         let verifier = Arc::new(Verifier::new(trust, config.clock.clone()));
         let readiness = Arc::new(Readiness::new(verifier.clone(), changed));
-        Ok(App { verifier, readiness })
+        let reload = Arc::new(crate::reload::ReloadContext::new(ctx, config));
+        Ok(App { verifier, readiness, tls, reload })
     }
 }
 
@@ -117,10 +126,18 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(IntrospectService::new(app.verifier.clone()).into_server());
 
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let drain = CancellationToken::new();
     let drain_signal = drain.clone().cancelled_owned();
-    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, drain_signal));
+    let mut server = match app.tls.clone() {
+        None => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, drain_signal))
+        }
+        Some(tls) => {
+            info!(mtls = tls.requires_client_certificates(), "TLS on the gRPC listener");
+            tokio::spawn(router.serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), drain_signal))
+        }
+    };
     info!(%addr, "serving gRPC");
 
     let result = tokio::select! {

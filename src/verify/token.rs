@@ -133,21 +133,9 @@ pub fn strip_bearer(raw: &str) -> &str {
 /// HMAC token we peek at `iss`, only to word the sentence for a token
 /// minted by Supabase Auth).
 pub fn decode(token: &str) -> Result<Decoded<'_>, Rejection> {
-    if token.is_empty() {
-        return Err(r::EMPTY);
-    }
-    if token.len() > MAX_TOKEN_BYTES {
-        return Err(r::TOO_LARGE);
-    }
+    let (h64, p64, s64) = split(token)?;
     let bytes = token.as_bytes();
-    let mut dots = memchr_iter(bytes);
-    let (Some(d1), Some(d2), None) = (dots.next(), dots.next(), dots.next()) else {
-        return Err(r::NOT_THREE_PARTS);
-    };
-    let (h64, p64, s64) = (&token[..d1], &token[d1 + 1..d2], &token[d2 + 1..]);
-    if h64.is_empty() || p64.is_empty() {
-        return Err(r::NOT_THREE_PARTS);
-    }
+    let d2 = h64.len() + 1 + p64.len();
 
     let header_bytes = URL_SAFE_NO_PAD.decode(h64).map_err(|_| r::BAD_BASE64)?;
     let raw: RawHeader<'_> = serde_json::from_slice(&header_bytes).map_err(|_| r::HEADER_NOT_OBJECT)?;
@@ -186,11 +174,62 @@ pub fn decode(token: &str) -> Result<Decoded<'_>, Rejection> {
     })
 }
 
+/// The size and shape checks every input passes first: not empty, at most
+/// [`MAX_TOKEN_BYTES`], exactly three dot-separated parts, the first two
+/// non-empty. Returns the three (still encoded) parts.
+fn split(token: &str) -> Result<(&str, &str, &str), Rejection> {
+    if token.is_empty() {
+        return Err(r::EMPTY);
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(r::TOO_LARGE);
+    }
+    let bytes = token.as_bytes();
+    let mut dots = memchr_iter(bytes);
+    let (Some(d1), Some(d2), None) = (dots.next(), dots.next(), dots.next()) else {
+        return Err(r::NOT_THREE_PARTS);
+    };
+    let (h64, p64, s64) = (&token[..d1], &token[d1 + 1..d2], &token[d2 + 1..]);
+    if h64.is_empty() || p64.is_empty() {
+        return Err(r::NOT_THREE_PARTS);
+    }
+    Ok((h64, p64, s64))
+}
+
+/// A token split and base64url-decoded, nothing else checked: for
+/// `clerk-introspect inspect`, which must show (and explain) even what
+/// [`decode`] refuses, such as an HS256 token. The same size and shape
+/// bounds as [`decode`] apply. The signature is only measured, never kept.
+#[derive(Debug)]
+pub struct RawParts {
+    /// The decoded header bytes.
+    pub header: Vec<u8>,
+    /// The decoded payload bytes.
+    pub payload: Vec<u8>,
+    /// Length of the decoded signature.
+    pub signature_len: usize,
+}
+
+/// Splits and base64url-decodes a token without interpreting it (see
+/// [`RawParts`]).
+pub fn decode_raw(token: &str) -> Result<RawParts, Rejection> {
+    let (h64, p64, s64) = split(token)?;
+    let header = URL_SAFE_NO_PAD.decode(h64).map_err(|_| r::BAD_BASE64)?;
+    let payload = URL_SAFE_NO_PAD.decode(p64).map_err(|_| r::BAD_BASE64)?;
+    if s64.len() > (MAX_SIGNATURE_BYTES * 4).div_ceil(3) {
+        return Err(r::BAD_BASE64);
+    }
+    let mut scratch = [0u8; MAX_SIGNATURE_BYTES];
+    let signature_len = URL_SAFE_NO_PAD.decode_slice(s64, &mut scratch).map_err(|_| r::BAD_BASE64)?;
+    Ok(RawParts { header, payload, signature_len })
+}
+
 fn memchr_iter(bytes: &[u8]) -> impl Iterator<Item = usize> + '_ {
     bytes.iter().enumerate().filter(|(_, b)| **b == b'.').map(|(i, _)| i)
 }
 
-fn kind_from_header(typ: Option<&str>, cat: Option<&str>) -> TokenKind {
+/// The token kind that the `typ` and `cat` header values name.
+pub fn kind_from_header(typ: Option<&str>, cat: Option<&str>) -> TokenKind {
     if let Some(t) = typ {
         let t = t.strip_prefix("application/").unwrap_or(t);
         if t.eq_ignore_ascii_case("at+jwt") {

@@ -1,9 +1,14 @@
 //! Integration tests: the real server on `127.0.0.1:0`, a real HTTP issuer
 //! on loopback (discovery + JWKS), real gRPC clients, exact reasons.
 
+mod commands;
+mod config_file;
 mod keys;
 mod lifecycle;
 mod liveness;
 mod property;
 mod reasons;
+mod reload;
+mod scratch;
 mod support;
+mod tls;
