@@ -11,6 +11,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::keys::fetch::{check_key_url, is_loopback_host};
 use crate::keys::jwk::{Algorithm, AlgorithmSet};
 use crate::keys::{KeySource, RefreshSettings};
+use crate::service::ext_authz::{AuthzArgs, AuthzConfig};
 use crate::verify::{Policy, TokenKind, TokenKinds};
 
 /// Largest accepted clock skew.
@@ -108,6 +109,10 @@ pub struct ServeArgs {
     /// Longest wait for in-flight calls after SIGTERM before the process exits anyway.
     #[arg(long, env = "INTROSPECT_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_grace: Duration,
+
+    /// Envoy ext_authz settings (`--authz-*`).
+    #[command(flatten)]
+    pub authz: AuthzArgs,
 }
 
 /// Flags of `demo`.
@@ -177,6 +182,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The clock (injected by tests).
     pub clock: Arc<dyn Clock>,
+    /// The Envoy ext_authz server's settings.
+    pub authz: AuthzConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -184,6 +191,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("issuers", &self.issuers)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("authz", &self.authz)
             .finish_non_exhaustive()
     }
 }
@@ -191,7 +199,12 @@ impl std::fmt::Debug for Config {
 impl Config {
     /// A configuration trusting `issuers`, with defaults elsewhere.
     pub fn new(issuers: Vec<IssuerConfig>) -> Self {
-        Self { issuers, shutdown_grace: Duration::from_secs(20), clock: Arc::new(SystemClock) }
+        Self {
+            issuers,
+            shutdown_grace: Duration::from_secs(20),
+            clock: Arc::new(SystemClock),
+            authz: AuthzConfig::default(),
+        }
     }
 
     /// Builds and validates the configuration from `serve`'s flags.
@@ -217,7 +230,8 @@ impl Config {
             issuer.policy = policy.clone();
             issuer.refresh = refresh;
         }
-        Ok(Config { issuers, shutdown_grace: args.shutdown_grace, clock: Arc::new(SystemClock) })
+        let authz = AuthzConfig::from_args(&args.authz)?;
+        Ok(Config { issuers, shutdown_grace: args.shutdown_grace, clock: Arc::new(SystemClock), authz })
     }
 }
 
