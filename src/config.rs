@@ -15,6 +15,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::keys::fetch::{check_key_url, is_loopback_host};
 use crate::keys::jwk::{Algorithm, AlgorithmSet};
 use crate::keys::{KeySource, RefreshSettings};
+use crate::service::ext_authz::{AuthzArgs, AuthzConfig};
 use crate::tls::TlsFiles;
 use crate::verify::{Policy, TokenKind, TokenKinds};
 
@@ -149,6 +150,9 @@ pub struct ServeArgs {
     /// How often the config file (and the files it names) and the TLS files are checked for changes; 0 turns checking off (SIGHUP still reloads).
     #[arg(long, env = "INTROSPECT_WATCH_INTERVAL", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
     pub watch_interval: Duration,
+    /// Envoy ext_authz settings (`--authz-*`).
+    #[command(flatten)]
+    pub authz: AuthzArgs,
 }
 
 /// Flags of `demo`.
@@ -226,6 +230,8 @@ pub struct Config {
     /// Interval between checks of the config and TLS files for changes
     /// (zero: no checks; SIGHUP still reloads).
     pub watch_interval: Duration,
+    /// The Envoy ext_authz server's settings.
+    pub authz: AuthzConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -236,6 +242,7 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("tls", &self.tls)
             .field("watch_interval", &self.watch_interval)
+            .field("authz", &self.authz)
             .finish_non_exhaustive()
     }
 }
@@ -250,6 +257,7 @@ impl Config {
             listen: DEFAULT_LISTEN,
             tls: None,
             watch_interval: DEFAULT_WATCH_INTERVAL,
+            authz: AuthzConfig::default(),
         }
     }
 
@@ -276,6 +284,7 @@ impl Config {
             issuer.policy = policy.clone();
             issuer.refresh = refresh;
         }
+        let authz = AuthzConfig::from_args(&args.authz)?;
         Ok(Config {
             issuers,
             shutdown_grace: args.shutdown_grace,
@@ -284,6 +293,7 @@ impl Config {
             tls: file::tls_from_flags(args.tls_cert.clone(), args.tls_key.clone(), args.tls_client_ca.clone())?,
             watch_interval: file::check_watch_interval(args.watch_interval)
                 .map_err(|p| ConfigError::new("--watch-interval", p))?,
+            authz,
         })
     }
 }

@@ -7,7 +7,8 @@
 //! - [`config`]: the command line and the validated [`Config`].
 //! - [`keys`]: OIDC discovery, JWKS fetch, parsed keys, refresh and refetch.
 //! - [`verify`]: the verification pipeline and per-issuer [`verify::Policy`].
-//! - [`service`]: gRPC adapters; [`service::respond`] maps outcomes to answers.
+//! - [`service`]: gRPC adapters (TokenIntrospection, Envoy's ext_authz
+//!   Authorization); [`service::respond`] maps outcomes to answers.
 //! - [`server`]: assembly, serving and drain ([`run`]).
 //! - [`health`]: readiness published through `grpc.health.v1`.
 //! - [`telemetry`]: logging and spans.

@@ -19,7 +19,8 @@ use crate::health::Readiness;
 use crate::keys::fetch::Fetcher;
 use crate::keys::{IssuerKeys, KeyContext, NoopObserver};
 use crate::pb;
-use crate::service::IntrospectService;
+use crate::service::ext_authz::{self, AuthzConfig};
+use crate::service::{AuthzService, IntrospectService};
 use crate::verify::{Trust, TrustedIssuer, Verifier};
 
 /// Why the server could not start or stopped with an error.
@@ -53,6 +54,8 @@ pub struct App {
     pub tls: Option<Arc<crate::tls::TlsState>>,
     /// What [`App::reload`] needs.
     pub(crate) reload: Arc<crate::reload::ReloadContext>,
+    /// The Envoy ext_authz server's settings.
+    pub authz: Arc<AuthzConfig>,
 }
 
 impl App {
@@ -74,13 +77,16 @@ impl App {
         let verifier = Arc::new(Verifier::new(trust, config.clock.clone()));
         let readiness = Arc::new(Readiness::new(verifier.clone(), changed));
         let reload = Arc::new(crate::reload::ReloadContext::new(ctx, config));
-        Ok(App { verifier, readiness, tls, reload })
+        Ok(App { verifier, readiness, tls, reload, authz: Arc::new(config.authz.clone()) })
     }
 }
 
 /// Names of the services whose health follows readiness.
 fn health_services() -> Vec<&'static str> {
-    vec![<pb::token_introspection_server::TokenIntrospectionServer<IntrospectService> as NamedService>::NAME]
+    vec![
+        <pb::token_introspection_server::TokenIntrospectionServer<IntrospectService> as NamedService>::NAME,
+        <envoy_types::ext_authz::v3::pb::AuthorizationServer<AuthzService> as NamedService>::NAME,
+    ]
 }
 
 /// Serves the configured service on `listener` until `shutdown` resolves,
@@ -112,6 +118,7 @@ pub async fn serve(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(ext_authz::FILE_DESCRIPTOR_SET)
     };
     let reflection_v1 = reflection().build_v1().map_err(ServeError::Reflection)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(ServeError::Reflection)?;
@@ -124,7 +131,8 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(IntrospectService::new(app.verifier.clone()).into_server());
+        .add_service(IntrospectService::new(app.verifier.clone()).into_server())
+        .add_service(AuthzService::new(app.verifier.clone(), app.authz.clone()).into_server());
 
     let drain = CancellationToken::new();
     let drain_signal = drain.clone().cancelled_owned();

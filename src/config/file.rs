@@ -561,6 +561,8 @@ impl<'a> Ctx<'a> {
             listen,
             tls,
             watch_interval,
+            // Envoy ext_authz settings come from flags and environment only.
+            authz: crate::service::ext_authz::AuthzConfig::from_args(&args.authz)?,
         })
     }
 

@@ -3,6 +3,8 @@
 
 mod commands;
 mod config_file;
+mod deploy;
+mod ext_authz;
 mod keys;
 mod lifecycle;
 mod liveness;
