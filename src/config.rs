@@ -11,6 +11,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::keys::fetch::{check_key_url, is_loopback_host};
 use crate::keys::jwk::{Algorithm, AlgorithmSet};
 use crate::keys::{KeySource, RefreshSettings};
+use crate::telemetry::LogFormat;
 use crate::verify::{Policy, TokenKind, TokenKinds};
 
 /// Largest accepted clock skew.
@@ -26,6 +27,10 @@ pub struct Cli {
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log format on stderr: text (human-readable) or json (one object per line, for log pipelines). RUST_LOG sets the levels.
+    #[arg(long, global = true, env = "INTROSPECT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
 }
 
 /// The subcommands.
@@ -108,6 +113,27 @@ pub struct ServeArgs {
     /// Longest wait for in-flight calls after SIGTERM before the process exits anyway.
     #[arg(long, env = "INTROSPECT_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_grace: Duration,
+
+    /// HTTP address for Prometheus /metrics and the /healthz and /readyz probes, or "off".
+    #[arg(long, env = "INTROSPECT_METRICS_LISTEN", default_value = "0.0.0.0:9464", value_parser = parse_metrics_listen, value_name = "ADDR|off")]
+    pub metrics_listen: MetricsListen,
+}
+
+/// Where the HTTP metrics and probe endpoint listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// Not served.
+    Off,
+    /// This address.
+    Addr(SocketAddr),
+}
+
+fn parse_metrics_listen(s: &str) -> Result<MetricsListen, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(MetricsListen::Off);
+    }
+    s.parse().map(MetricsListen::Addr).map_err(|_| format!("{s:?} is neither an address (e.g. 0.0.0.0:9464) nor off"))
 }
 
 /// Flags of `demo`.
@@ -177,6 +203,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The clock (injected by tests).
     pub clock: Arc<dyn Clock>,
+    /// Where metrics go besides the per-app Prometheus registry (an OTLP meter).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -191,7 +219,12 @@ impl std::fmt::Debug for Config {
 impl Config {
     /// A configuration trusting `issuers`, with defaults elsewhere.
     pub fn new(issuers: Vec<IssuerConfig>) -> Self {
-        Self { issuers, shutdown_grace: Duration::from_secs(20), clock: Arc::new(SystemClock) }
+        Self {
+            issuers,
+            shutdown_grace: Duration::from_secs(20),
+            clock: Arc::new(SystemClock),
+            telemetry: Default::default(),
+        }
     }
 
     /// Builds and validates the configuration from `serve`'s flags.
@@ -217,7 +250,12 @@ impl Config {
             issuer.policy = policy.clone();
             issuer.refresh = refresh;
         }
-        Ok(Config { issuers, shutdown_grace: args.shutdown_grace, clock: Arc::new(SystemClock) })
+        Ok(Config {
+            issuers,
+            shutdown_grace: args.shutdown_grace,
+            clock: Arc::new(SystemClock),
+            telemetry: Default::default(),
+        })
     }
 }
 

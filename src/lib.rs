@@ -10,7 +10,8 @@
 //! - [`service`]: gRPC adapters; [`service::respond`] maps outcomes to answers.
 //! - [`server`]: assembly, serving and drain ([`run`]).
 //! - [`health`]: readiness published through `grpc.health.v1`.
-//! - [`telemetry`]: logging and spans.
+//! - [`telemetry`]: logs, spans, metrics, OpenTelemetry export, and the
+//!   HTTP `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`clock`]: injectable wall clock.
 //! - [`demo`]: the `demo` command.
 //! - [`test_issuer`]: a loopback issuer for the demo, tests and benchmarks.
@@ -30,4 +31,4 @@ pub mod test_issuer;
 pub mod verify;
 
 pub use config::Config;
-pub use server::{App, ServeError, run};
+pub use server::{App, ServeError, ServeOptions, run, run_with};

@@ -6,3 +6,4 @@ mod lifecycle;
 mod property;
 mod reasons;
 mod support;
+mod telemetry;
