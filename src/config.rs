@@ -438,6 +438,21 @@ mod tests {
     }
 
     #[test]
+    fn metrics_listen_and_log_format() {
+        let args = serve(&["--issuer", "https://a.example.com"]).unwrap();
+        assert_eq!(args.metrics_listen, MetricsListen::Addr("0.0.0.0:9464".parse().unwrap()));
+        let args = serve(&["--issuer", "https://a.example.com", "--metrics-listen", "off"]).unwrap();
+        assert_eq!(args.metrics_listen, MetricsListen::Off);
+        let args = serve(&["--issuer", "https://a.example.com", "--metrics-listen", "127.0.0.1:0"]).unwrap();
+        assert_eq!(args.metrics_listen, MetricsListen::Addr("127.0.0.1:0".parse().unwrap()));
+        let err = serve(&["--issuer", "https://a.example.com", "--metrics-listen", "9464"]).unwrap_err();
+        assert!(err.to_string().contains("--metrics-listen"), "{err}");
+        let cli = Cli::try_parse_from(["clerk-introspect", "demo", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(Cli::try_parse_from(["clerk-introspect", "--log-format", "xml", "demo"]).is_err());
+    }
+
+    #[test]
     fn symmetric_algorithms_cannot_be_configured() {
         let err = serve(&["--issuer", "https://a.example.com", "--algorithm", "HS256"]).unwrap_err();
         assert!(err.to_string().contains("shared-secret"), "{err}");
