@@ -192,7 +192,6 @@ fn rpc_span(rpc: Rpc) -> Span {
             tracing::info_span!(
                 target: "clerk_introspect::rpc",
                 $name,
-                otel.name = rpc.full_name(),
                 otel.kind = "server",
                 otel.status_code = field::Empty,
                 rpc.system = "grpc",
@@ -208,9 +207,10 @@ fn rpc_span(rpc: Rpc) -> Span {
         };
     }
     match rpc {
-        Rpc::Verify => span!("Verify"),
-        Rpc::GetClaims => span!("GetClaims"),
-        Rpc::Check => span!("Check"),
+        // The span name is the gRPC method's full name (OpenTelemetry RPC conventions).
+        Rpc::Verify => span!("introspect.v1.TokenIntrospection/Verify"),
+        Rpc::GetClaims => span!("introspect.v1.TokenIntrospection/GetClaims"),
+        Rpc::Check => span!("envoy.service.auth.v3.Authorization/Check"),
     }
 }
 
@@ -342,6 +342,18 @@ mod tests {
             crate::pb::token_introspection_server::TokenIntrospectionServer::<crate::service::IntrospectService>::NAME,
             Rpc::Verify.service()
         );
+    }
+
+    #[test]
+    fn span_names_are_the_full_method_names() {
+        let _guard = tracing::subscriber::set_default(tracing_subscriber::registry());
+        for rpc in Rpc::ALL {
+            let span = rpc_span(rpc);
+            assert_eq!(span.metadata().map(|m| m.name()), Some(rpc.full_name()));
+            for field in ["issuer", "kid", "alg", "reason", "cached", "otel.kind", "rpc.grpc.status_code"] {
+                assert!(span.field(field).is_some(), "{rpc:?} declares {field}");
+            }
+        }
     }
 
     #[test]
