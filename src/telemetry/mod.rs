@@ -7,7 +7,7 @@
 //!   object per line ([`LogFormat`]); `RUST_LOG` sets the levels.
 //! - Spans: one server span per RPC ([`Telemetry::begin`] → [`RpcCall`]),
 //!   continuing the caller's W3C `traceparent`; exported over OTLP/gRPC
-//!   when [`otel`] is configured.
+//!   when [`otel`] is configured, in the logs at `debug` ([`RPC_TARGET`]).
 //! - Metrics ([`metrics`]): a per-[`crate::App`] Prometheus registry, served
 //!   by [`http`] on `--metrics-listen` with `/healthz` and `/readyz`, and
 //!   mirrored to OTLP when configured.
@@ -66,6 +66,19 @@ where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    subscriber_with_filter(format, filter, tracer, writer, ansi)
+}
+
+fn subscriber_with_filter<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    tracer: Option<opentelemetry_sdk::trace::Tracer>,
+    writer: W,
+    ansi: bool,
+) -> impl Subscriber + for<'a> LookupSpan<'a> + Send + Sync + 'static
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(writer).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
@@ -77,7 +90,12 @@ where
             .boxed(),
     };
     let spans = tracer.map(|t| {
-        tracing_opentelemetry::layer().with_tracer(t).with_tracked_inactivity(false).with_filter(otel::layer_filter())
+        tracing_opentelemetry::layer()
+            .with_tracer(t)
+            .with_tracked_inactivity(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_filter(otel::layer_filter())
     });
     tracing_subscriber::registry().with(logs.with_filter(filter)).with(spans)
 }
@@ -183,14 +201,21 @@ impl Telemetry {
     }
 }
 
+/// The target of the RPC spans. They are DEBUG spans (as tower-http's
+/// request spans are): with the default `RUST_LOG=info` and no exporter
+/// they are disabled at their call site and cost nothing; the OpenTelemetry
+/// layer always takes them ([`otel::layer_filter`]); `RUST_LOG=debug` (or
+/// `clerk_introspect::rpc=debug`) shows them in the logs.
+pub const RPC_TARGET: &str = "clerk_introspect::rpc";
+
 /// The server span of `rpc`. Fields recorded later: `issuer`, `kid`, `alg`,
 /// `reason`, `cached` (true when another layer answered from its cache:
 /// `Span::current().record("cached", true)`), the gRPC status.
 fn rpc_span(rpc: Rpc) -> Span {
     macro_rules! span {
         ($name:literal) => {
-            tracing::info_span!(
-                target: "clerk_introspect::rpc",
+            tracing::debug_span!(
+                target: RPC_TARGET,
                 $name,
                 otel.kind = "server",
                 otel.status_code = field::Empty,
@@ -354,6 +379,14 @@ mod tests {
                 assert!(span.field(field).is_some(), "{rpc:?} declares {field}");
             }
         }
+    }
+
+    #[test]
+    fn rpc_spans_are_off_at_info_without_an_exporter_and_on_at_debug() {
+        let info = subscriber_with_filter(LogFormat::Text, EnvFilter::new("info"), None, std::io::sink, false);
+        tracing::subscriber::with_default(info, || assert!(rpc_span(Rpc::Verify).is_disabled()));
+        let debug = subscriber_with_filter(LogFormat::Json, EnvFilter::new("debug"), None, std::io::sink, false);
+        tracing::subscriber::with_default(debug, || assert!(!rpc_span(Rpc::Verify).is_disabled()));
     }
 
     #[test]

@@ -179,12 +179,14 @@ fn percent_decode(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// What the OpenTelemetry layer exports: our spans at INFO and above, and
-/// nothing from the HTTP/gRPC stack or the SDK itself (whose own export
+/// What the OpenTelemetry layer exports: the RPC server spans (DEBUG, see
+/// [`super::RPC_TARGET`]), our other spans and events at INFO and above,
+/// and nothing from the HTTP/gRPC stack or the SDK itself (whose own export
 /// calls would otherwise be traced and exported, without end).
 pub fn layer_filter() -> Targets {
     Targets::new()
         .with_default(LevelFilter::INFO)
+        .with_target(super::RPC_TARGET, LevelFilter::DEBUG)
         .with_target("h2", LevelFilter::OFF)
         .with_target("hyper", LevelFilter::OFF)
         .with_target("hyper_util", LevelFilter::OFF)
@@ -359,8 +361,10 @@ mod tests {
     fn the_layer_filter_drops_the_transport_stack() {
         let f = layer_filter();
         let enabled = |target: &str, level: tracing::Level| f.would_enable(target, &level);
-        assert!(enabled("clerk_introspect::rpc", tracing::Level::INFO));
-        assert!(!enabled("clerk_introspect::rpc", tracing::Level::DEBUG));
+        assert!(enabled("clerk_introspect::rpc", tracing::Level::DEBUG));
+        assert!(!enabled("clerk_introspect::rpc", tracing::Level::TRACE));
+        assert!(enabled("clerk_introspect::keys", tracing::Level::INFO));
+        assert!(!enabled("clerk_introspect::telemetry", tracing::Level::DEBUG));
         for t in ["h2::proto", "hyper_util::client", "tonic::transport", "opentelemetry_sdk", "reqwest::connect"] {
             assert!(!enabled(t, tracing::Level::ERROR), "{t}");
         }
