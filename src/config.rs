@@ -16,6 +16,7 @@ use crate::keys::fetch::{check_key_url, is_loopback_host};
 use crate::keys::jwk::{Algorithm, AlgorithmSet};
 use crate::keys::{KeySource, RefreshSettings};
 use crate::service::ext_authz::{AuthzArgs, AuthzConfig};
+use crate::telemetry::LogFormat;
 use crate::tls::TlsFiles;
 use crate::verify::{Policy, TokenKind, TokenKinds};
 
@@ -38,6 +39,10 @@ pub struct Cli {
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log format on stderr: text (human-readable) or json (one object per line, for log pipelines). RUST_LOG sets the levels.
+    #[arg(long, global = true, env = "INTROSPECT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
 }
 
 /// The subcommands.
@@ -153,6 +158,26 @@ pub struct ServeArgs {
     /// Envoy ext_authz settings (`--authz-*`).
     #[command(flatten)]
     pub authz: AuthzArgs,
+    /// HTTP address for Prometheus /metrics and the /healthz and /readyz probes, or "off".
+    #[arg(long, env = "INTROSPECT_METRICS_LISTEN", default_value = "0.0.0.0:9464", value_parser = parse_metrics_listen, value_name = "ADDR|off")]
+    pub metrics_listen: MetricsListen,
+}
+
+/// Where the HTTP metrics and probe endpoint listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// Not served.
+    Off,
+    /// This address.
+    Addr(SocketAddr),
+}
+
+fn parse_metrics_listen(s: &str) -> Result<MetricsListen, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(MetricsListen::Off);
+    }
+    s.parse().map(MetricsListen::Addr).map_err(|_| format!("{s:?} is neither an address (e.g. 0.0.0.0:9464) nor off"))
 }
 
 /// Flags of `demo`.
@@ -232,6 +257,8 @@ pub struct Config {
     pub watch_interval: Duration,
     /// The Envoy ext_authz server's settings.
     pub authz: AuthzConfig,
+    /// Where metrics go besides the per-app Prometheus registry (an OTLP meter).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -258,6 +285,7 @@ impl Config {
             tls: None,
             watch_interval: DEFAULT_WATCH_INTERVAL,
             authz: AuthzConfig::default(),
+            telemetry: Default::default(),
         }
     }
 
@@ -294,6 +322,7 @@ impl Config {
             watch_interval: file::check_watch_interval(args.watch_interval)
                 .map_err(|p| ConfigError::new("--watch-interval", p))?,
             authz,
+            telemetry: Default::default(),
         })
     }
 }
@@ -474,6 +503,21 @@ mod tests {
         }
         let http = Config::from_args(&serve(&["--issuer", "http://clerk.example.com"]).unwrap()).unwrap_err();
         assert!(http.problem.contains("loopback"), "{http}");
+    }
+
+    #[test]
+    fn metrics_listen_and_log_format() {
+        let args = serve(&["--issuer", "https://a.example.com"]).unwrap();
+        assert_eq!(args.metrics_listen, MetricsListen::Addr("0.0.0.0:9464".parse().unwrap()));
+        let args = serve(&["--issuer", "https://a.example.com", "--metrics-listen", "off"]).unwrap();
+        assert_eq!(args.metrics_listen, MetricsListen::Off);
+        let args = serve(&["--issuer", "https://a.example.com", "--metrics-listen", "127.0.0.1:0"]).unwrap();
+        assert_eq!(args.metrics_listen, MetricsListen::Addr("127.0.0.1:0".parse().unwrap()));
+        let err = serve(&["--issuer", "https://a.example.com", "--metrics-listen", "9464"]).unwrap_err();
+        assert!(err.to_string().contains("--metrics-listen"), "{err}");
+        let cli = Cli::try_parse_from(["clerk-introspect", "demo", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(Cli::try_parse_from(["clerk-introspect", "--log-format", "xml", "demo"]).is_err());
     }
 
     #[test]

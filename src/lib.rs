@@ -15,6 +15,8 @@
 //! - [`tls`]: TLS and mTLS for the listener, with certificate reload.
 //! - [`reload`]: configuration reload (SIGHUP, file changes) without a restart.
 //! - [`cli`]: the `verify`, `inspect` and `check-issuer` commands.
+//! - [`telemetry`]: logs, spans, metrics, OpenTelemetry export, and the
+//!   HTTP `/metrics`, `/healthz`, `/readyz` endpoint.
 //! - [`clock`]: injectable wall clock.
 //! - [`demo`]: the `demo` command.
 //! - [`test_issuer`]: a loopback issuer for the demo, tests and benchmarks.
@@ -37,4 +39,4 @@ pub mod tls;
 pub mod verify;
 
 pub use config::Config;
-pub use server::{App, ServeError, run};
+pub use server::{App, ServeError, ServeOptions, run, run_with};

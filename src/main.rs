@@ -3,8 +3,11 @@
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, FromArgMatches};
-use clerk_introspect::config::{Cli, Command};
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use clerk_introspect::ServeOptions;
+use clerk_introspect::config::{Cli, Command, MetricsListen, ServeArgs};
+use clerk_introspect::telemetry::otel::{OtelConfig, OtelPipeline};
+use clerk_introspect::telemetry::{self, LogFormat};
 use tokio::net::TcpListener;
 
 /// Exit code for bad configuration (BSD `EX_USAGE`).
@@ -18,10 +21,10 @@ fn main() -> ExitCode {
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // Only serve logs at info by default; the other commands print to stdout.
     let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
-    clerk_introspect::telemetry::init_logging(default_level);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
+            telemetry::init(cli.log_format, default_level, None);
             eprintln!("clerk-introspect: cannot start the async runtime: {e}");
             return ExitCode::from(EX_UNAVAILABLE);
         }
@@ -29,46 +32,112 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => {
-                let serve_matches = matches.subcommand_matches("serve");
-                let (config, source) = match clerk_introspect::config::file::resolve(&args, serve_matches) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("clerk-introspect: invalid configuration: {e}");
-                        return ExitCode::from(EX_USAGE);
-                    }
-                };
-                if args.check_config {
-                    print!("{}", clerk_introspect::config::file::summary(&config));
-                    return ExitCode::SUCCESS;
-                }
-                let listener = match TcpListener::bind(config.listen).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        eprintln!("clerk-introspect: cannot listen on {} (--listen): {e}", config.listen);
-                        return ExitCode::from(EX_UNAVAILABLE);
-                    }
-                };
-                let shutdown = clerk_introspect::shutdown::signal();
-                match clerk_introspect::reload::run(listener, config, source, shutdown).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("clerk-introspect: {}", error_chain(&e));
-                        ExitCode::from(EX_UNAVAILABLE)
-                    }
+                serve(*args, matches.subcommand_matches("serve"), cli.log_format, default_level).await
+            }
+            command => {
+                telemetry::init(cli.log_format, default_level, None);
+                match command {
+                    Command::Demo(args) => match clerk_introspect::demo::run(args).await {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("clerk-introspect demo: {e}");
+                            ExitCode::from(EX_UNAVAILABLE)
+                        }
+                    },
+                    Command::Verify(args) => ExitCode::from(clerk_introspect::cli::verify::run(&args).await),
+                    Command::Inspect(args) => ExitCode::from(clerk_introspect::cli::inspect::run(&args)),
+                    Command::CheckIssuer(args) => ExitCode::from(clerk_introspect::cli::check_issuer::run(&args).await),
+                    Command::Serve(_) => unreachable!("handled above"),
                 }
             }
-            Command::Demo(args) => match clerk_introspect::demo::run(args).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("clerk-introspect demo: {e}");
-                    ExitCode::from(EX_UNAVAILABLE)
-                }
-            },
-            Command::Verify(args) => ExitCode::from(clerk_introspect::cli::verify::run(&args).await),
-            Command::Inspect(args) => ExitCode::from(clerk_introspect::cli::inspect::run(&args)),
-            Command::CheckIssuer(args) => ExitCode::from(clerk_introspect::cli::check_issuer::run(&args).await),
         }
     })
+}
+
+/// `serve`: OpenTelemetry and logs first (the exporters need the runtime,
+/// the log subscriber needs the tracer), then the configuration, then the
+/// listeners, then serving with reload; buffered telemetry is flushed last.
+async fn serve(args: ServeArgs, matches: Option<&ArgMatches>, log_format: LogFormat, default_level: &str) -> ExitCode {
+    let otel = match OtelConfig::from_env().map(|c| (OtelPipeline::start(&c), c)) {
+        Ok((Ok(p), c)) => {
+            telemetry::init(log_format, default_level, p.tracer());
+            if p.is_active() {
+                tracing::info!(
+                    traces = c.traces_endpoint.as_deref().unwrap_or("off"),
+                    metrics = c.metrics_endpoint.as_deref().unwrap_or("off"),
+                    service = %c.service_name,
+                    "exporting OpenTelemetry over OTLP/gRPC"
+                );
+            }
+            p
+        }
+        Ok((Err(e), _)) => {
+            telemetry::init(log_format, default_level, None);
+            eprintln!("clerk-introspect: invalid configuration: {}", error_chain(&e));
+            return ExitCode::from(EX_USAGE);
+        }
+        Err(e) => {
+            telemetry::init(log_format, default_level, None);
+            eprintln!("clerk-introspect: invalid configuration: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let code = serve_with_telemetry(&args, matches, otel.meter()).await;
+    // Flush what is buffered (spans, the last metric values) before exiting.
+    match tokio::task::spawn_blocking(move || otel.shutdown()).await {
+        Ok(errors) => {
+            for e in errors {
+                tracing::warn!(error = %e, "OpenTelemetry export at shutdown failed");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "OpenTelemetry shutdown failed"),
+    }
+    code
+}
+
+async fn serve_with_telemetry(
+    args: &ServeArgs,
+    matches: Option<&ArgMatches>,
+    meter: Option<opentelemetry::metrics::Meter>,
+) -> ExitCode {
+    let (mut config, source) = match clerk_introspect::config::file::resolve(args, matches) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("clerk-introspect: invalid configuration: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    if args.check_config {
+        print!("{}", clerk_introspect::config::file::summary(&config));
+        return ExitCode::SUCCESS;
+    }
+    config.telemetry.meter = meter;
+    let metrics_listener = match args.metrics_listen {
+        MetricsListen::Off => None,
+        MetricsListen::Addr(addr) => match TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("clerk-introspect: cannot listen on {addr} (--metrics-listen): {e}");
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        },
+    };
+    let listener = match TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("clerk-introspect: cannot listen on {} (--listen): {e}", config.listen);
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    let options = ServeOptions { metrics_listener };
+    let shutdown = clerk_introspect::shutdown::signal();
+    match clerk_introspect::reload::run(listener, config, source, options, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clerk-introspect: {}", error_chain(&e));
+            ExitCode::from(EX_UNAVAILABLE)
+        }
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

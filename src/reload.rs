@@ -183,19 +183,20 @@ impl App {
     }
 }
 
-/// Serves like [`crate::server::run`], and reloads while serving: on
+/// Serves like [`crate::server::run_with`], and reloads while serving: on
 /// SIGHUP, and every `config.watch_interval` when `source` (the config file
 /// and the files it names) or the TLS files changed.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     source: Option<Source>,
+    options: crate::server::ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let app = App::start(&config)?;
     let stop = CancellationToken::new();
     let watcher = tokio::spawn(watch(app.clone(), source, config.watch_interval, stop.clone()));
-    let result = crate::server::serve(listener, app, config.shutdown_grace, shutdown).await;
+    let result = crate::server::serve_with(listener, app, config.shutdown_grace, options, shutdown).await;
     stop.cancel();
     let _ = watcher.await;
     result

@@ -17,10 +17,12 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::health::Readiness;
 use crate::keys::fetch::Fetcher;
-use crate::keys::{IssuerKeys, KeyContext, NoopObserver};
+use crate::keys::{IssuerKeys, KeyContext};
 use crate::pb;
 use crate::service::ext_authz::{self, AuthzConfig};
 use crate::service::{AuthzService, IntrospectService};
+use crate::telemetry::http::{HttpServer, HttpState};
+use crate::telemetry::{Metrics, Telemetry};
 use crate::verify::{Trust, TrustedIssuer, Verifier};
 
 /// Why the server could not start or stopped with an error.
@@ -56,6 +58,8 @@ pub struct App {
     pub(crate) reload: Arc<crate::reload::ReloadContext>,
     /// The Envoy ext_authz server's settings.
     pub authz: Arc<AuthzConfig>,
+    /// Spans and metrics of this app (its own Prometheus registry).
+    pub telemetry: Telemetry,
 }
 
 impl App {
@@ -64,10 +68,11 @@ impl App {
     pub fn start(config: &Config) -> Result<App, ServeError> {
         let tls = config.tls.clone().map(crate::tls::TlsState::load).transpose().map_err(ServeError::Tls)?;
         let changed = Arc::new(Notify::new());
+        let metrics = Arc::new(Metrics::new(config.clock.clone(), config.telemetry.meter.as_ref()));
         let ctx = KeyContext {
             fetcher: Fetcher::new().map_err(ServeError::HttpClient)?,
             clock: config.clock.clone(),
-            observer: Arc::new(NoopObserver),
+            observer: metrics.clone(),
             changed: changed.clone(),
         };
         let trust = Trust::new(config.issuers.iter().map(|i| TrustedIssuer {
@@ -75,10 +80,35 @@ impl App {
             keys: IssuerKeys::start(Arc::from(i.issuer.as_str()), i.source.clone(), i.refresh, ctx.clone()),
         }));
         let verifier = Arc::new(Verifier::new(trust, config.clock.clone()));
+        metrics.watch_keys(&verifier);
         let readiness = Arc::new(Readiness::new(verifier.clone(), changed));
         let reload = Arc::new(crate::reload::ReloadContext::new(ctx, config));
-        Ok(App { verifier, readiness, tls, reload, authz: Arc::new(config.authz.clone()) })
+        Ok(App {
+            verifier,
+            readiness,
+            tls,
+            reload,
+            authz: Arc::new(config.authz.clone()),
+            telemetry: Telemetry::new(metrics),
+        })
     }
+
+    /// What the HTTP metrics and probe endpoint reads.
+    pub fn http_state(&self) -> HttpState {
+        HttpState {
+            metrics: self.telemetry.metrics().clone(),
+            readiness: self.readiness.clone(),
+            verifier: self.verifier.clone(),
+        }
+    }
+}
+
+/// What [`run_with`] serves besides gRPC.
+#[derive(Debug, Default)]
+pub struct ServeOptions {
+    /// Listener (already bound) for `/metrics`, `/healthz`, `/readyz`;
+    /// `None`: not served.
+    pub metrics_listener: Option<TcpListener>,
 }
 
 /// Names of the services whose health follows readiness.
@@ -96,8 +126,39 @@ pub async fn run(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
+    run_with(listener, config, ServeOptions::default(), shutdown).await
+}
+
+/// [`run`], also serving what `options` names (the metrics endpoint).
+pub async fn run_with(
+    listener: TcpListener,
+    config: Config,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let app = App::start(&config)?;
-    serve(listener, app, config.shutdown_grace, shutdown).await
+    serve_with(listener, app, config.shutdown_grace, options, shutdown).await
+}
+
+/// [`serve`], also serving what `options` names. The metrics endpoint
+/// stays up through the drain (so `/readyz` answers 503 and the last
+/// scrape sees the drain) and stops after the gRPC server.
+pub async fn serve_with(
+    listener: TcpListener,
+    app: App,
+    grace: std::time::Duration,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let http = match options.metrics_listener {
+        Some(l) => Some(HttpServer::spawn(l, app.http_state()).map_err(ServeError::Listener)?),
+        None => None,
+    };
+    let result = serve(listener, app, grace, shutdown).await;
+    if let Some(http) = http {
+        http.stop().await;
+    }
+    result
 }
 
 /// Serves an already-built [`App`] (see [`run`]).
@@ -131,8 +192,12 @@ pub async fn serve(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(IntrospectService::new(app.verifier.clone()).into_server())
-        .add_service(AuthzService::new(app.verifier.clone(), app.authz.clone()).into_server());
+        .add_service(IntrospectService::new(app.verifier.clone()).with_telemetry(app.telemetry.clone()).into_server())
+        .add_service(
+            AuthzService::new(app.verifier.clone(), app.authz.clone())
+                .with_telemetry(app.telemetry.clone())
+                .into_server(),
+        );
 
     let drain = CancellationToken::new();
     let drain_signal = drain.clone().cancelled_owned();

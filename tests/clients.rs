@@ -92,17 +92,6 @@ fn tools() -> &'static Path {
     }
 }
 
-/// Whether this build of the server has a metrics listener to keep off the
-/// shared default port (tests run in parallel).
-fn metrics_flag() -> &'static [&'static str] {
-    static FLAG: OnceLock<bool> = OnceLock::new();
-    let has = *FLAG.get_or_init(|| {
-        let help = Command::new(BIN).args(["serve", "--help"]).output().expect("run serve --help");
-        String::from_utf8_lossy(&help.stdout).contains("--metrics-listen")
-    });
-    if has { &["--metrics-listen", "127.0.0.1:0"] } else { &[] }
-}
-
 /// `clerk-introspect serve` as a child process, on a free loopback port.
 struct Served {
     child: Child,
@@ -114,8 +103,8 @@ impl Served {
     /// Starts the binary trusting `issuer` and waits until it listens.
     fn start(issuer: &str) -> Served {
         let mut child = Command::new(BIN)
-            .args(["serve", "--listen", "127.0.0.1:0", "--issuer", issuer])
-            .args(metrics_flag())
+            // Tests run in parallel: never the shared default metrics port.
+            .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--issuer", issuer])
             .env_clear()
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())

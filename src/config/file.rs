@@ -563,6 +563,7 @@ impl<'a> Ctx<'a> {
             watch_interval,
             // Envoy ext_authz settings come from flags and environment only.
             authz: crate::service::ext_authz::AuthzConfig::from_args(&args.authz)?,
+            telemetry: Default::default(),
         })
     }
 

@@ -15,9 +15,10 @@ use std::sync::Arc;
 
 use envoy_types::ext_authz::v3::pb::{Authorization, AuthorizationServer, CheckRequest, CheckResponse};
 use tonic::{Request, Response, Status};
-use tracing::{Instrument, Span, info_span};
+use tracing::Instrument;
 
 use super::respond::check as respond;
+use crate::telemetry::{Rpc, RpcCall, Telemetry};
 use crate::verify::{VerifiedToken, Verifier, VerifyError};
 pub use settings::{AuthzArgs, AuthzConfig};
 use source::{Candidates, Headers, RouteExpectations};
@@ -36,12 +37,20 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("envo
 pub struct AuthzService {
     verifier: Arc<Verifier>,
     config: Arc<AuthzConfig>,
+    telemetry: Telemetry,
 }
 
 impl AuthzService {
-    /// A service over `verifier` with `config`.
+    /// A service over `verifier` with `config`, recording into a detached
+    /// registry until [`AuthzService::with_telemetry`].
     pub fn new(verifier: Arc<Verifier>, config: Arc<AuthzConfig>) -> Self {
-        Self { verifier, config }
+        Self { verifier, config, telemetry: Telemetry::detached() }
+    }
+
+    /// Records spans and metrics through `telemetry` (the app's).
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
     }
 
     /// The tonic server, with the request size bounded.
@@ -49,10 +58,10 @@ impl AuthzService {
         AuthorizationServer::new(self).max_decoding_message_size(MAX_REQUEST_BYTES)
     }
 
-    async fn decide(&self, request: &CheckRequest) -> Result<CheckResponse, Status> {
+    async fn decide(&self, request: &CheckRequest, call: &mut RpcCall) -> Result<CheckResponse, Status> {
         let http = source::http_request(request);
         if self.config.bypass_cors_preflight && source::is_cors_preflight(http) {
-            Span::current().record("reason", "CORS_PREFLIGHT");
+            call.record_reason("CORS_PREFLIGHT", tonic::Code::Ok);
             tracing::debug!("CORS preflight let through without a token");
             return Ok(respond::preflight(&self.config));
         }
@@ -62,7 +71,7 @@ impl AuthzService {
             Ok(None) => Err(source::missing(&self.config).into()),
             Err(rejection) => Err(rejection.into()),
         };
-        crate::telemetry::record_outcome(outcome.as_deref());
+        call.record(outcome.as_deref());
         respond::check_outcome(outcome.as_deref(), &self.config)
     }
 
@@ -93,14 +102,10 @@ impl AuthzService {
 #[tonic::async_trait]
 impl Authorization for AuthzService {
     async fn check(&self, request: Request<CheckRequest>) -> Result<Response<CheckResponse>, Status> {
+        let mut call = self.telemetry.begin(Rpc::Check, request.metadata());
         let request = request.into_inner();
-        let span = info_span!(
-            "Check",
-            issuer = tracing::field::Empty,
-            reason = tracing::field::Empty,
-            cached = tracing::field::Empty
-        );
-        self.decide(&request).instrument(span).await.map(Response::new)
+        let span = call.span().clone();
+        self.decide(&request, &mut call).instrument(span).await.map(Response::new)
     }
 }
 

@@ -13,4 +13,5 @@ mod reasons;
 mod reload;
 mod scratch;
 mod support;
+mod telemetry;
 mod tls;

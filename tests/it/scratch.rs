@@ -169,7 +169,8 @@ impl ServeProcess {
     pub fn start(args: &[&str]) -> ServeProcess {
         let mut child = Command::new(BIN)
             .arg("serve")
-            .args(["--listen", "127.0.0.1:0"])
+            // Tests run in parallel: never the shared default metrics port.
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
             .stderr(Stdio::piped())
