@@ -40,3 +40,22 @@ pub mod verify;
 
 pub use config::Config;
 pub use server::{App, ServeError, ServeOptions, run, run_with};
+
+/// `error`, then each of its sources whose text is not already included,
+/// joined by ": " (for one-line messages and logs).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    with_sources(error.to_string(), error.source())
+}
+
+/// `text`, then `source` and its own sources (skipping repeats), joined by ": ".
+pub fn with_sources(mut text: String, mut source: Option<&dyn std::error::Error>) -> String {
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        source = s.source();
+    }
+    text
+}

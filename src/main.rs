@@ -73,7 +73,7 @@ async fn serve(args: ServeArgs, matches: Option<&ArgMatches>, log_format: LogFor
         }
         Ok((Err(e), _)) => {
             telemetry::init(log_format, default_level, None);
-            eprintln!("clerk-introspect: invalid configuration: {}", error_chain(&e));
+            eprintln!("clerk-introspect: invalid configuration: {}", clerk_introspect::error_chain(&e));
             return ExitCode::from(EX_USAGE);
         }
         Err(e) => {
@@ -134,19 +134,8 @@ async fn serve_with_telemetry(
     match clerk_introspect::reload::run(listener, config, source, options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("clerk-introspect: {}", error_chain(&e));
+            eprintln!("clerk-introspect: {}", clerk_introspect::error_chain(&e));
             ExitCode::from(EX_UNAVAILABLE)
         }
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }

@@ -101,9 +101,10 @@ async fn channel(args: &VerifyArgs) -> Result<Channel, CouldNotAsk> {
         if let Some(name) = &args.tls_server_name {
             tls = tls.domain_name(name.clone());
         }
-        endpoint = endpoint.tls_config(tls).map_err(|e| CouldNotAsk(format!("TLS set-up: {}", chain(&e))))?;
+        endpoint =
+            endpoint.tls_config(tls).map_err(|e| CouldNotAsk(format!("TLS set-up: {}", crate::error_chain(&e))))?;
     }
-    endpoint.connect().await.map_err(|e| CouldNotAsk(format!("cannot connect to {uri}: {}", chain(&e))))
+    endpoint.connect().await.map_err(|e| CouldNotAsk(format!("cannot connect to {uri}: {}", crate::error_chain(&e))))
 }
 
 /// Asks the server. `Err` means no answer could be had.
@@ -131,31 +132,7 @@ pub async fn ask(args: &VerifyArgs, token: String) -> Result<pb::VerifyResponse,
 
 fn status_text(status: &tonic::Status) -> String {
     use std::error::Error as _;
-    let mut out = status.message().to_owned();
-    let mut source = status.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
+    crate::with_sources(status.message().to_owned(), status.source())
 }
 
 fn reason_name(r: i32) -> String {

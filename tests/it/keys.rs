@@ -42,8 +42,7 @@ async fn a_flood_of_random_kids_costs_the_issuer_one_request() {
     // However slow the machine, the whole flood falls inside one cooldown.
     let mut config = issuer_config(&issuer);
     config.refresh.unknown_kid_cooldown = Duration::from_secs(3600);
-    let server = Server::start(vec![config]).await;
-    server.wait_for(ServingStatus::Serving).await;
+    let server = Server::ready_with(vec![config]).await;
     let before = (issuer.discovery_requests(), issuer.jwks_requests());
     // Hold the refetch in flight so that callers pile up behind it.
     issuer.set_jwks_delay(Duration::from_millis(200));
@@ -79,8 +78,7 @@ async fn unknown_kid_refetches_are_rate_limited_per_issuer() {
     // A cooldown no test run can outlast, however loaded the machine.
     let mut config = issuer_config(&issuer);
     config.refresh.unknown_kid_cooldown = Duration::from_secs(3600);
-    let server = Server::start(vec![config]).await;
-    server.wait_for(ServingStatus::Serving).await;
+    let server = Server::ready_with(vec![config]).await;
     let claims = issuer.session_claims(server.now());
     let before = issuer.jwks_requests();
     let stranger = TestKey::rsa("x");
@@ -105,8 +103,7 @@ async fn without_a_cooldown_each_miss_refetches() {
     let issuer = TestIssuer::start(vec![key.clone()]).await.unwrap();
     let mut config = issuer_config(&issuer);
     config.refresh.unknown_kid_cooldown = Duration::ZERO;
-    let server = Server::start(vec![config]).await;
-    server.wait_for(ServingStatus::Serving).await;
+    let server = Server::ready_with(vec![config]).await;
     let claims = issuer.session_claims(server.now());
     let before = issuer.jwks_requests();
     let stranger = TestKey::rsa("x");
@@ -151,8 +148,7 @@ async fn issuer_outage_after_load_keeps_the_last_good_keys() {
     // Refresh often, so that the refresher itself meets the outage.
     let mut config = issuer_config(&issuer);
     config.refresh.interval = Duration::from_millis(50);
-    let server = Server::start(vec![config]).await;
-    server.wait_for(ServingStatus::Serving).await;
+    let server = Server::ready_with(vec![config]).await;
     let keys = keys_of(&server, &issuer);
 
     issuer.set_up(false);

@@ -57,8 +57,7 @@ async fn a_policy_swap_keeps_the_key_cache() {
 async fn a_new_key_source_or_timing_gets_a_new_cache() {
     let key = TestKey::rsa("ins_src");
     let issuer = TestIssuer::start(vec![key.clone()]).await.unwrap();
-    let server = Server::start(vec![issuer_config(&issuer)]).await;
-    server.wait_for(ServingStatus::Serving).await;
+    let server = Server::ready_with(vec![issuer_config(&issuer)]).await;
     let before = server.app.verifier.trust().get(issuer.issuer()).unwrap().keys.clone();
     let jwks_before = issuer.jwks_requests();
 
@@ -79,8 +78,7 @@ async fn issuers_can_be_added_and_removed() {
     let (ka, kb) = (TestKey::rsa("ins_a"), TestKey::rsa("ins_b"));
     let a = TestIssuer::start(vec![ka.clone()]).await.unwrap();
     let b = TestIssuer::start(vec![kb.clone()]).await.unwrap();
-    let server = Server::start(vec![issuer_config(&a)]).await;
-    server.wait_for(ServingStatus::Serving).await;
+    let server = Server::ready_with(vec![issuer_config(&a)]).await;
     let token_a = ka.mint(&a.session_claims(server.now()));
     let token_b = kb.mint(&b.session_claims(server.now()));
     assert_eq!(server.reason(&token_b).await, Reason::UntrustedIssuer);
