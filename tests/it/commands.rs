@@ -224,3 +224,24 @@ async fn check_issuer_names_every_problem() {
         assert!(stdout(&out).contains(want), "{arg}: {}", stdout(&out));
     }
 }
+
+// === demo ===
+
+#[tokio::test]
+async fn demo_once_shows_each_answer_and_exits_zero() {
+    let out = run_bin(&["demo", "--once", "--listen", "127.0.0.1:0"], None).await;
+    assert_eq!(code(&out), Some(0), "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    for (kind, valid, reason) in [
+        ("session token (good)", "yes", "REASON_VALID"),
+        ("expired session token", "no", "REASON_EXPIRED"),
+        ("HS256 (shared secret)", "no", "REASON_ALGORITHM_NOT_ALLOWED"),
+        ("no role claim", "no", "REASON_MISSING_ROLE"),
+        ("Supabase Auth token", "no", "REASON_UNTRUSTED_ISSUER"),
+    ] {
+        let row = text.lines().find(|l| l.starts_with(kind)).unwrap_or_else(|| panic!("no row {kind} in:\n{text}"));
+        let cells: Vec<&str> = row[kind.len()..].split_whitespace().collect();
+        assert_eq!(&cells[..2], &[valid, reason], "{row}");
+    }
+    assert!(!text.contains("keeps running"), "--once stops the server:\n{text}");
+}
