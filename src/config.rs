@@ -1,7 +1,11 @@
 //! The command line (clap, every flag with an environment variable) and the
-//! validated configuration it produces, before any port is bound.
+//! validated configuration it produces, before any port is bound. The
+//! `--config` file is read by [`mod@file`].
+
+pub mod file;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +15,9 @@ use crate::clock::{Clock, SystemClock};
 use crate::keys::fetch::{check_key_url, is_loopback_host};
 use crate::keys::jwk::{Algorithm, AlgorithmSet};
 use crate::keys::{KeySource, RefreshSettings};
+use crate::service::ext_authz::{AuthzArgs, AuthzConfig};
+use crate::telemetry::LogFormat;
+use crate::tls::TlsFiles;
 use crate::verify::cache::{DEFAULT_TOKEN_CACHE_SIZE, MAX_TOKEN_CACHE_SIZE};
 use crate::verify::{Policy, TokenKind, TokenKinds};
 
@@ -18,6 +25,12 @@ use crate::verify::{Policy, TokenKind, TokenKinds};
 pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
 /// Least time allowed between unknown-kid refetches.
 pub const MIN_UNKNOWN_KID_COOLDOWN: Duration = Duration::from_secs(1);
+/// Shortest refresh interval that may be configured.
+pub const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
+/// Default gRPC listen address.
+pub const DEFAULT_LISTEN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 50051);
+/// Default interval between checks of the config and TLS files for changes.
+pub const DEFAULT_WATCH_INTERVAL: Duration = Duration::from_secs(5);
 
 /// clerk-introspect: verifies Clerk session tokens centrally, over gRPC and
 /// as an Envoy ext_authz server, before they reach Supabase.
@@ -27,6 +40,10 @@ pub struct Cli {
     /// What to run.
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log format on stderr: text (human-readable) or json (one object per line, for log pipelines). RUST_LOG sets the levels.
+    #[arg(long, global = true, env = "INTROSPECT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, value_name = "FORMAT")]
+    pub log_format: LogFormat,
 }
 
 /// The subcommands.
@@ -36,6 +53,12 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Run a self-contained demo: a local test issuer, the server, and a few tokens verified through gRPC. No network or Clerk account needed.
     Demo(DemoArgs),
+    /// Ask a running server to verify a token, and print its answer (exit 0 valid, 1 invalid, 2 could not ask).
+    Verify(crate::cli::verify::VerifyArgs),
+    /// Decode a token locally, WITHOUT verifying it, and flag wrong set-ups (HS256, Supabase-minted, no role, ...).
+    Inspect(crate::cli::inspect::InspectArgs),
+    /// Fetch an issuer's discovery document and JWKS exactly as serve would, and report what is found and every problem.
+    CheckIssuer(crate::cli::check_issuer::CheckIssuerArgs),
 }
 
 /// Flags of `serve`. Every flag also reads the environment variable shown;
@@ -113,6 +136,66 @@ pub struct ServeArgs {
     /// Tokens remembered after a successful check, so that a token sent again skips its signature check (about 100 bytes each), the most used of them whole (within 128 bytes × this); policy and expiry are still checked on every call. 0 disables the cache.
     #[arg(long, env = "INTROSPECT_TOKEN_CACHE_SIZE", default_value_t = DEFAULT_TOKEN_CACHE_SIZE, value_name = "TOKENS")]
     pub token_cache_size: usize,
+    /// A TOML config file: issuers with per-issuer policy and key sources, listener, TLS. Re-read on SIGHUP and when it changes. A flag given on the command line wins over the file; the file wins over environment variables.
+    #[arg(long, env = "INTROSPECT_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// PEM certificate chain: serve gRPC over TLS (with --tls-key). Reloaded when the file changes.
+    #[arg(long, env = "INTROSPECT_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "INTROSPECT_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA certificate(s): require every caller to present a client certificate issued by one of them (mTLS).
+    #[arg(long, env = "INTROSPECT_TLS_CLIENT_CA", value_name = "FILE")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Validate the configuration (flags, config file, key and TLS files), print a summary and exit: 0 if it is valid, 64 if not. Nothing is bound and no issuer is contacted.
+    #[arg(long)]
+    pub check_config: bool,
+
+    /// How often the config file (and the files it names) and the TLS files are checked for changes; 0 turns checking off (SIGHUP still reloads).
+    #[arg(long, env = "INTROSPECT_WATCH_INTERVAL", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub watch_interval: Duration,
+    /// Envoy ext_authz settings (`--authz-*`).
+    #[command(flatten)]
+    pub authz: AuthzArgs,
+    /// HTTP address for Prometheus /metrics and the /healthz and /readyz probes, or "off".
+    #[arg(long, env = "INTROSPECT_METRICS_LISTEN", default_value = "0.0.0.0:9464", value_parser = parse_metrics_listen, value_name = "ADDR|off")]
+    pub metrics_listen: MetricsListen,
+}
+
+/// `--token-cache-size`, bounded (it comes from flags and environment only,
+/// also when a config file is used).
+pub fn check_token_cache_size(tokens: usize) -> Result<usize, ConfigError> {
+    if tokens > MAX_TOKEN_CACHE_SIZE {
+        return Err(ConfigError::new(
+            "--token-cache-size",
+            format!(
+                "{tokens} is more than the {MAX_TOKEN_CACHE_SIZE} allowed; {DEFAULT_TOKEN_CACHE_SIZE} (the default) covers 100k distinct tokens a minute, and 0 disables the cache"
+            ),
+        ));
+    }
+    Ok(tokens)
+}
+
+/// Where the HTTP metrics and probe endpoint listens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsListen {
+    /// Not served.
+    Off,
+    /// This address.
+    Addr(SocketAddr),
+}
+
+fn parse_metrics_listen(s: &str) -> Result<MetricsListen, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(MetricsListen::Off);
+    }
+    s.parse().map(MetricsListen::Addr).map_err(|_| format!("{s:?} is neither an address (e.g. 0.0.0.0:9464) nor off"))
 }
 
 /// Flags of `demo`.
@@ -127,7 +210,8 @@ pub struct DemoArgs {
     pub once: bool,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+/// Parses a duration such as `500ms`, `10s`, `5m` or `24h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|e| format!("{e} (examples: 500ms, 10s, 5m, 24h)"))
 }
 
@@ -184,6 +268,17 @@ pub struct Config {
     pub clock: Arc<dyn Clock>,
     /// Most verified tokens remembered (0: no token cache).
     pub token_cache_size: usize,
+    /// gRPC listen address (bound by `main`; a reload cannot change it).
+    pub listen: SocketAddr,
+    /// TLS for the listener; `None` serves plaintext.
+    pub tls: Option<TlsFiles>,
+    /// Interval between checks of the config and TLS files for changes
+    /// (zero: no checks; SIGHUP still reloads).
+    pub watch_interval: Duration,
+    /// The Envoy ext_authz server's settings.
+    pub authz: AuthzConfig,
+    /// Where metrics go besides the per-app Prometheus registry (an OTLP meter).
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -192,6 +287,10 @@ impl std::fmt::Debug for Config {
             .field("issuers", &self.issuers)
             .field("shutdown_grace", &self.shutdown_grace)
             .field("token_cache_size", &self.token_cache_size)
+            .field("listen", &self.listen)
+            .field("tls", &self.tls)
+            .field("watch_interval", &self.watch_interval)
+            .field("authz", &self.authz)
             .finish_non_exhaustive()
     }
 }
@@ -204,6 +303,11 @@ impl Config {
             shutdown_grace: Duration::from_secs(20),
             clock: Arc::new(SystemClock),
             token_cache_size: DEFAULT_TOKEN_CACHE_SIZE,
+            listen: DEFAULT_LISTEN,
+            tls: None,
+            watch_interval: DEFAULT_WATCH_INTERVAL,
+            authz: AuthzConfig::default(),
+            telemetry: Default::default(),
         }
     }
 
@@ -230,20 +334,18 @@ impl Config {
             issuer.policy = policy.clone();
             issuer.refresh = refresh;
         }
-        if args.token_cache_size > MAX_TOKEN_CACHE_SIZE {
-            return Err(ConfigError::new(
-                "--token-cache-size",
-                format!(
-                    "{} is more than the {MAX_TOKEN_CACHE_SIZE} allowed; {DEFAULT_TOKEN_CACHE_SIZE} (the default) covers 100k distinct tokens a minute, and 0 disables the cache",
-                    args.token_cache_size
-                ),
-            ));
-        }
+        let authz = AuthzConfig::from_args(&args.authz)?;
         Ok(Config {
             issuers,
             shutdown_grace: args.shutdown_grace,
             clock: Arc::new(SystemClock),
-            token_cache_size: args.token_cache_size,
+            token_cache_size: check_token_cache_size(args.token_cache_size)?,
+            listen: args.listen,
+            tls: file::tls_from_flags(args.tls_cert.clone(), args.tls_key.clone(), args.tls_client_ca.clone())?,
+            watch_interval: file::check_watch_interval(args.watch_interval)
+                .map_err(|p| ConfigError::new("--watch-interval", p))?,
+            authz,
+            telemetry: Default::default(),
         })
     }
 }
@@ -292,7 +394,7 @@ fn policy_from_args(args: &ServeArgs) -> Result<Policy, ConfigError> {
 }
 
 fn refresh_from_args(args: &ServeArgs) -> Result<RefreshSettings, ConfigError> {
-    if args.refresh_interval < Duration::from_secs(10) {
+    if args.refresh_interval < MIN_REFRESH_INTERVAL {
         return Err(ConfigError::new("--refresh-interval", "must be at least 10s (the default is 5m)"));
     }
     if args.unknown_kid_cooldown < MIN_UNKNOWN_KID_COOLDOWN {
@@ -349,7 +451,7 @@ mod tests {
         full.extend_from_slice(args);
         match Cli::try_parse_from(full)?.command {
             Command::Serve(a) => Ok(*a),
-            Command::Demo(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 
@@ -434,6 +536,21 @@ mod tests {
         }
         let http = Config::from_args(&serve(&["--issuer", "http://clerk.example.com"]).unwrap()).unwrap_err();
         assert!(http.problem.contains("loopback"), "{http}");
+    }
+
+    #[test]
+    fn metrics_listen_and_log_format() {
+        let args = serve(&["--issuer", "https://a.example.com"]).unwrap();
+        assert_eq!(args.metrics_listen, MetricsListen::Addr("0.0.0.0:9464".parse().unwrap()));
+        let args = serve(&["--issuer", "https://a.example.com", "--metrics-listen", "off"]).unwrap();
+        assert_eq!(args.metrics_listen, MetricsListen::Off);
+        let args = serve(&["--issuer", "https://a.example.com", "--metrics-listen", "127.0.0.1:0"]).unwrap();
+        assert_eq!(args.metrics_listen, MetricsListen::Addr("127.0.0.1:0".parse().unwrap()));
+        let err = serve(&["--issuer", "https://a.example.com", "--metrics-listen", "9464"]).unwrap_err();
+        assert!(err.to_string().contains("--metrics-listen"), "{err}");
+        let cli = Cli::try_parse_from(["clerk-introspect", "demo", "--log-format", "json"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        assert!(Cli::try_parse_from(["clerk-introspect", "--log-format", "xml", "demo"]).is_err());
     }
 
     #[test]

@@ -89,19 +89,22 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     println!();
     print!("{}", table(&rows));
 
-    let mut claims = issuer.session_claims(SystemTime::now());
-    let now = claims["iat"].as_u64().unwrap_or_default();
-    claims["exp"] = json!(now + 600);
-    let example = key.mint(&claims);
-    println!();
-    println!("The server keeps running at {addr} (gRPC, plaintext). Try it (this demo token is valid for 10 minutes):");
-    println!();
-    println!("  grpcurl -plaintext -d '{{\"token\": \"{example}\"}}' {addr} introspect.v1.TokenIntrospection/Verify");
-    println!();
-    println!("  grpcurl -plaintext {addr} list");
-    println!();
-
     if !args.once {
+        let mut claims = issuer.session_claims(SystemTime::now());
+        let now = claims["iat"].as_u64().unwrap_or_default();
+        claims["exp"] = json!(now + 600);
+        let example = key.mint(&claims);
+        println!();
+        println!(
+            "The server keeps running at {addr} (gRPC, plaintext). Try it (this demo token is valid for 10 minutes):"
+        );
+        println!();
+        println!(
+            "  grpcurl -plaintext -d '{{\"token\": \"{example}\"}}' {addr} introspect.v1.TokenIntrospection/Verify"
+        );
+        println!();
+        println!("  grpcurl -plaintext {addr} list");
+        println!();
         println!("Press Ctrl-C to stop.");
         tokio::select! {
             () = crate::shutdown::signal() => {}

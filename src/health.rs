@@ -16,6 +16,15 @@ use tracing::info;
 use crate::keys::KeyStatus;
 use crate::verify::Verifier;
 
+/// The health-check service name for liveness probes: `SERVING` from the
+/// moment the gRPC server starts until the process exits, whatever the keys
+/// or the drain. Readiness (`""` and the service names) goes `NOT_SERVING`
+/// while an issuer is down; a liveness probe pointed at readiness would then
+/// restart every replica during a Clerk outage and throw away the last good
+/// keys that would otherwise keep serving. A process that stops answering
+/// health checks still fails this probe.
+pub const LIVENESS_SERVICE: &str = "liveness";
+
 /// How often readiness is recomputed even without a key event (keys can go
 /// stale by the passage of time alone).
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(1);

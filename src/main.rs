@@ -3,8 +3,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use clerk_introspect::config::{Cli, Command, Config};
+use clap::{ArgMatches, CommandFactory, FromArgMatches};
+use clerk_introspect::ServeOptions;
+use clerk_introspect::config::{Cli, Command, MetricsListen, ServeArgs};
+use clerk_introspect::telemetry::otel::{OtelConfig, OtelPipeline};
+use clerk_introspect::telemetry::{self, LogFormat};
 use tokio::net::TcpListener;
 
 /// Exit code for bad configuration (BSD `EX_USAGE`).
@@ -13,13 +16,15 @@ const EX_USAGE: u8 = 64;
 const EX_UNAVAILABLE: u8 = 69;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // The demo prints a table on stdout; keep its log quiet unless asked.
-    let default_level = if matches!(cli.command, Command::Demo(_)) { "warn" } else { "info" };
-    clerk_introspect::telemetry::init_logging(default_level);
+    // The matches tell flags given on the command line from env vars and defaults.
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // Only serve logs at info by default; the other commands print to stdout.
+    let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
     let runtime = match clerk_introspect::runtime::build() {
         Ok(rt) => rt,
         Err(e) => {
+            telemetry::init(cli.log_format, default_level, None);
             eprintln!("clerk-introspect: cannot start the async runtime: {e}");
             return ExitCode::from(EX_UNAVAILABLE);
         }
@@ -27,46 +32,110 @@ fn main() -> ExitCode {
     runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => {
-                let config = match Config::from_args(&args) {
-                    Ok(c) => c,
-                    Err(e) => {
-                        eprintln!("clerk-introspect: invalid configuration: {e}");
-                        return ExitCode::from(EX_USAGE);
-                    }
-                };
-                let listener = match TcpListener::bind(args.listen).await {
-                    Ok(l) => l,
-                    Err(e) => {
-                        eprintln!("clerk-introspect: cannot listen on {} (--listen): {e}", args.listen);
-                        return ExitCode::from(EX_UNAVAILABLE);
-                    }
-                };
-                match clerk_introspect::run(listener, config, clerk_introspect::shutdown::signal()).await {
-                    Ok(()) => ExitCode::SUCCESS,
-                    Err(e) => {
-                        eprintln!("clerk-introspect: {}", error_chain(&e));
-                        ExitCode::from(EX_UNAVAILABLE)
-                    }
+                serve(*args, matches.subcommand_matches("serve"), cli.log_format, default_level).await
+            }
+            command => {
+                telemetry::init(cli.log_format, default_level, None);
+                match command {
+                    Command::Demo(args) => match clerk_introspect::demo::run(args).await {
+                        Ok(()) => ExitCode::SUCCESS,
+                        Err(e) => {
+                            eprintln!("clerk-introspect demo: {e}");
+                            ExitCode::from(EX_UNAVAILABLE)
+                        }
+                    },
+                    Command::Verify(args) => ExitCode::from(clerk_introspect::cli::verify::run(&args).await),
+                    Command::Inspect(args) => ExitCode::from(clerk_introspect::cli::inspect::run(&args)),
+                    Command::CheckIssuer(args) => ExitCode::from(clerk_introspect::cli::check_issuer::run(&args).await),
+                    Command::Serve(_) => unreachable!("handled above"),
                 }
             }
-            Command::Demo(args) => match clerk_introspect::demo::run(args).await {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("clerk-introspect demo: {e}");
-                    ExitCode::from(EX_UNAVAILABLE)
-                }
-            },
         }
     })
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
+/// `serve`: OpenTelemetry and logs first (the exporters need the runtime,
+/// the log subscriber needs the tracer), then the configuration, then the
+/// listeners, then serving with reload; buffered telemetry is flushed last.
+async fn serve(args: ServeArgs, matches: Option<&ArgMatches>, log_format: LogFormat, default_level: &str) -> ExitCode {
+    let otel = match OtelConfig::from_env().map(|c| (OtelPipeline::start(&c), c)) {
+        Ok((Ok(p), c)) => {
+            telemetry::init(log_format, default_level, p.tracer());
+            if p.is_active() {
+                tracing::info!(
+                    traces = c.traces_endpoint.as_deref().unwrap_or("off"),
+                    metrics = c.metrics_endpoint.as_deref().unwrap_or("off"),
+                    service = %c.service_name,
+                    "exporting OpenTelemetry over OTLP/gRPC"
+                );
+            }
+            p
+        }
+        Ok((Err(e), _)) => {
+            telemetry::init(log_format, default_level, None);
+            eprintln!("clerk-introspect: invalid configuration: {}", clerk_introspect::error_chain(&e));
+            return ExitCode::from(EX_USAGE);
+        }
+        Err(e) => {
+            telemetry::init(log_format, default_level, None);
+            eprintln!("clerk-introspect: invalid configuration: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    let code = serve_with_telemetry(&args, matches, otel.meter()).await;
+    // Flush what is buffered (spans, the last metric values) before exiting.
+    match tokio::task::spawn_blocking(move || otel.shutdown()).await {
+        Ok(errors) => {
+            for e in errors {
+                tracing::warn!(error = %e, "OpenTelemetry export at shutdown failed");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "OpenTelemetry shutdown failed"),
     }
-    out
+    code
+}
+
+async fn serve_with_telemetry(
+    args: &ServeArgs,
+    matches: Option<&ArgMatches>,
+    meter: Option<opentelemetry::metrics::Meter>,
+) -> ExitCode {
+    let (mut config, source) = match clerk_introspect::config::file::resolve(args, matches) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("clerk-introspect: invalid configuration: {e}");
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    if args.check_config {
+        print!("{}", clerk_introspect::config::file::summary(&config));
+        return ExitCode::SUCCESS;
+    }
+    config.telemetry.meter = meter;
+    let metrics_listener = match args.metrics_listen {
+        MetricsListen::Off => None,
+        MetricsListen::Addr(addr) => match TcpListener::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("clerk-introspect: cannot listen on {addr} (--metrics-listen): {e}");
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        },
+    };
+    let listener = match TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("clerk-introspect: cannot listen on {} (--listen): {e}", config.listen);
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    let options = ServeOptions { metrics_listener };
+    let shutdown = clerk_introspect::shutdown::signal();
+    match clerk_introspect::reload::run(listener, config, source, options, shutdown).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("clerk-introspect: {}", clerk_introspect::error_chain(&e));
+            ExitCode::from(EX_UNAVAILABLE)
+        }
+    }
 }

@@ -148,7 +148,7 @@ impl Fetcher {
             if e.is_timeout() {
                 FetchError::Timeout { url: url.to_owned() }
             } else {
-                FetchError::Transport { url: url.to_owned(), detail: error_chain(&e) }
+                FetchError::Transport { url: url.to_owned(), detail: crate::error_chain(&e) }
             }
         };
         let mut response =
@@ -218,20 +218,6 @@ pub fn parse_max_age(value: &str) -> Option<Duration> {
         }
     }
     max_age
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 #[cfg(test)]

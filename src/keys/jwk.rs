@@ -453,6 +453,162 @@ pub fn key_from_jwk_json(jwk: &serde_json::Value) -> Result<VerificationKey, Ski
     key_from_raw(&raw)
 }
 
+// === PEM and DER public keys (networkless configuration) ===
+
+/// Largest PEM text accepted for one public key (an 8192-bit RSA key is
+/// about 1.5 KiB of PEM).
+pub const MAX_PEM_BYTES: usize = 16 * 1024;
+
+/// Why a PEM public key was refused. Messages say what to give instead.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PemKeyError {
+    /// No BEGIN/END block.
+    #[error(
+        "no PEM block found; give the key as Clerk's dashboard shows it: \"-----BEGIN PUBLIC KEY-----\", base64 lines, \"-----END PUBLIC KEY-----\""
+    )]
+    NoBlock,
+    /// A BEGIN line without its END line.
+    #[error("the PEM block has no matching \"-----END {0}-----\" line")]
+    Unterminated(String),
+    /// More than one PEM block.
+    #[error("more than one PEM block; give exactly one public key per issuer entry (or use jwks_file for several)")]
+    SeveralBlocks,
+    /// A private key was given.
+    #[error(
+        "this is a PRIVATE key; give the public key (Clerk dashboard: API keys, \"JWT public key\"), and never put a private key in this configuration"
+    )]
+    PrivateKey,
+    /// A certificate was given.
+    #[error(
+        "this is a certificate, not a public key; give the public key (openssl x509 -pubkey -noout -in cert.pem prints it)"
+    )]
+    Certificate,
+    /// Another kind of PEM block.
+    #[error("a PEM block of type {0:?} is not a public key; give a \"PUBLIC KEY\" block")]
+    WrongLabel(String),
+    /// The body is not base64.
+    #[error("the text between the BEGIN and END lines is not base64")]
+    NotBase64,
+    /// Larger than [`MAX_PEM_BYTES`].
+    #[error("the PEM text is larger than {MAX_PEM_BYTES} bytes; a public key is about 0.5 to 1.5 KiB")]
+    TooLarge,
+    /// The DER inside is not a usable public key.
+    #[error("{0}")]
+    Key(SkipReason),
+}
+
+impl VerificationKey {
+    /// Builds a key from a PEM public key, as Clerk's dashboard gives it
+    /// ("JWT public key", the `CLERK_JWT_KEY` of its SDKs): a `PUBLIC KEY`
+    /// (SubjectPublicKeyInfo) or `RSA PUBLIC KEY` (PKCS #1) block.
+    ///
+    /// Mangled copies that are unambiguous are accepted, because they are
+    /// what environment variables and YAML often make of a multi-line
+    /// value: surrounding quotes, literal `\n` escapes instead of line
+    /// breaks, CRLF, indentation, or the whole key on one line with spaces.
+    /// Nothing else is guessed: the DER inside must be exactly one valid
+    /// public key (RSA of at least 2048 bits, EC P-256/P-384, or Ed25519).
+    ///
+    /// The key may verify every algorithm of its type (the issuer's
+    /// `algorithms` narrow that); `kid` is the key id to match tokens
+    /// against, or `None` to verify a token whatever its kid.
+    pub fn from_public_key_pem(pem: &str, kid: Option<&str>) -> Result<VerificationKey, PemKeyError> {
+        let der = pem_public_key_der(pem)?;
+        VerificationKey::from_public_key_der(&der, kid).map_err(PemKeyError::Key)
+    }
+
+    /// Builds a key from DER: an X.509 SubjectPublicKeyInfo (RSA, EC
+    /// P-256/P-384, Ed25519) or a PKCS #1 RSAPublicKey.
+    pub fn from_public_key_der(der: &[u8], kid: Option<&str>) -> Result<VerificationKey, SkipReason> {
+        let kid: Option<Box<str>> = kid.map(Box::from);
+        if let Ok(rsa) = aws_lc_rs::rsa::PublicKey::from_der(der) {
+            let n = rsa.modulus().big_endian_without_leading_zero();
+            let e = rsa.exponent().big_endian_without_leading_zero();
+            let algs = Algorithm::ALL.into_iter().filter(|a| a.family() == KeyFamily::Rsa);
+            return rsa_key(kid, None, n, e, algs);
+        }
+        let others: [(KeyFamily, Algorithm, &'static dyn sig::VerificationAlgorithm); 3] = [
+            (KeyFamily::EcP256, Algorithm::ES256, &sig::ECDSA_P256_SHA256_FIXED),
+            (KeyFamily::EcP384, Algorithm::ES384, &sig::ECDSA_P384_SHA384_FIXED),
+            (KeyFamily::Ed25519, Algorithm::EdDSA, &sig::ED25519),
+        ];
+        for (family, alg, verify_alg) in others {
+            if let Ok(parsed) = ParsedPublicKey::new(verify_alg, der) {
+                return Ok(VerificationKey {
+                    kid,
+                    family,
+                    jwk_alg: None,
+                    material: der.into(),
+                    rsa_bits: 0,
+                    verifiers: vec![(alg, parsed)],
+                });
+            }
+        }
+        Err(SkipReason::Invalid("not an RSA, EC P-256, EC P-384 or Ed25519 public key"))
+    }
+}
+
+/// PEM text for `der` under `label` (e.g. `PUBLIC KEY`): base64 in lines
+/// of 64 characters, as OpenSSL writes it.
+pub fn to_pem(label: &str, der: &[u8]) -> String {
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
+
+/// The DER inside a (possibly mangled) PEM public key.
+fn pem_public_key_der(pem: &str) -> Result<Vec<u8>, PemKeyError> {
+    use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+    const STANDARD_LENIENT_PADDING: GeneralPurpose = GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+    );
+    if pem.len() > MAX_PEM_BYTES {
+        return Err(PemKeyError::TooLarge);
+    }
+    let mut text = pem.trim();
+    for quote in ['"', '\''] {
+        if text.len() >= 2 && text.starts_with(quote) && text.ends_with(quote) {
+            text = text[1..text.len() - 1].trim();
+        }
+    }
+    // Literal escapes, as a multi-line value squeezed into one line makes.
+    let text = text.replace("\\r\\n", "\n").replace("\\n", "\n").replace("\\r", "\n");
+    const BEGIN: &str = "-----BEGIN ";
+    const DASHES: &str = "-----";
+    let mut blocks = text.match_indices(BEGIN);
+    let Some((start, _)) = blocks.next() else {
+        return Err(PemKeyError::NoBlock);
+    };
+    let after_begin = &text[start + BEGIN.len()..];
+    let label_end = after_begin.find(DASHES).ok_or(PemKeyError::NoBlock)?;
+    let label = after_begin[..label_end].trim();
+    if label.contains("PRIVATE KEY") {
+        return Err(PemKeyError::PrivateKey);
+    }
+    if blocks.next().is_some() {
+        return Err(PemKeyError::SeveralBlocks);
+    }
+    match label {
+        "PUBLIC KEY" | "RSA PUBLIC KEY" => {}
+        l if l.contains("CERTIFICATE") => return Err(PemKeyError::Certificate),
+        l => return Err(PemKeyError::WrongLabel(truncate(l, 32))),
+    }
+    let body_and_end = &after_begin[label_end + DASHES.len()..];
+    let end_marker = format!("-----END {label}-----");
+    let body_end = body_and_end.find(&end_marker).ok_or_else(|| PemKeyError::Unterminated(label.to_owned()))?;
+    let body: String = body_and_end[..body_end].chars().filter(|c| !c.is_whitespace()).collect();
+    if body.is_empty() {
+        return Err(PemKeyError::NotBase64);
+    }
+    STANDARD_LENIENT_PADDING.decode(body.as_bytes()).map_err(|_| PemKeyError::NotBase64)
+}
+
 fn key_from_raw(raw: &RawJwk) -> Result<VerificationKey, SkipReason> {
     if let Some(u) = &raw.use_
         && u != "sig"
@@ -493,29 +649,7 @@ fn key_from_raw(raw: &RawJwk) -> Result<VerificationKey, SkipReason> {
         KeyFamily::Rsa => {
             let n = b64(raw.n.as_deref(), "n")?;
             let e = b64(raw.e.as_deref(), "e")?;
-            let n = strip_leading_zeros(&n);
-            let e = strip_leading_zeros(&e);
-            if n.is_empty() || e.is_empty() {
-                return Err(SkipReason::Invalid("n or e is zero"));
-            }
-            let bits = n.len() * 8 - n[0].leading_zeros() as usize;
-            if bits < MIN_RSA_BITS {
-                return Err(SkipReason::WeakRsa(bits));
-            }
-            if n.len() > 1024 {
-                return Err(SkipReason::Invalid("RSA modulus above 8192 bits"));
-            }
-            let components = RsaPublicKeyComponents { n, e };
-            let mut verifiers = Vec::new();
-            for alg in candidates {
-                let params = alg.rsa_parameters().ok_or(SkipReason::Invalid("internal: no RSA parameters"))?;
-                let parsed =
-                    components.to_parsed_public_key(params).map_err(|_| SkipReason::Invalid("RSA key rejected"))?;
-                verifiers.push((alg, parsed));
-            }
-            let mut material = n.to_vec();
-            material.extend_from_slice(e);
-            Ok(VerificationKey { kid, family, jwk_alg, material: material.into(), rsa_bits: bits, verifiers })
+            rsa_key(kid, jwk_alg, &n, &e, candidates)
         }
         KeyFamily::EcP256 | KeyFamily::EcP384 => {
             let (len, alg, verify_alg): (usize, Algorithm, &'static sig::EcdsaVerificationAlgorithm) =
@@ -562,6 +696,39 @@ fn key_from_raw(raw: &RawJwk) -> Result<VerificationKey, SkipReason> {
             })
         }
     }
+}
+
+/// An RSA key from its modulus and exponent (big-endian, leading zeros
+/// allowed), able to verify each of `candidates`.
+fn rsa_key(
+    kid: Option<Box<str>>,
+    jwk_alg: Option<Algorithm>,
+    n: &[u8],
+    e: &[u8],
+    candidates: impl Iterator<Item = Algorithm>,
+) -> Result<VerificationKey, SkipReason> {
+    let n = strip_leading_zeros(n);
+    let e = strip_leading_zeros(e);
+    if n.is_empty() || e.is_empty() {
+        return Err(SkipReason::Invalid("n or e is zero"));
+    }
+    let bits = n.len() * 8 - n[0].leading_zeros() as usize;
+    if bits < MIN_RSA_BITS {
+        return Err(SkipReason::WeakRsa(bits));
+    }
+    if n.len() > 1024 {
+        return Err(SkipReason::Invalid("RSA modulus above 8192 bits"));
+    }
+    let components = RsaPublicKeyComponents { n, e };
+    let mut verifiers = Vec::new();
+    for alg in candidates {
+        let params = alg.rsa_parameters().ok_or(SkipReason::Invalid("internal: no RSA parameters"))?;
+        let parsed = components.to_parsed_public_key(params).map_err(|_| SkipReason::Invalid("RSA key rejected"))?;
+        verifiers.push((alg, parsed));
+    }
+    let mut material = n.to_vec();
+    material.extend_from_slice(e);
+    Ok(VerificationKey { kid, family: KeyFamily::Rsa, jwk_alg, material: material.into(), rsa_bits: bits, verifiers })
 }
 
 fn b64(value: Option<&str>, _name: &'static str) -> Result<Vec<u8>, SkipReason> {
@@ -675,5 +842,137 @@ mod tests {
     fn truncate_escapes_and_cuts() {
         assert_eq!(truncate("abc", 2), "ab…");
         assert_eq!(truncate("a\nb", 10), "a\\nb");
+    }
+
+    mod pem {
+        use super::super::*;
+        use aws_lc_rs::encoding::AsDer;
+        use aws_lc_rs::rand::SystemRandom;
+        use aws_lc_rs::rsa::{KeyPair, KeySize};
+        use aws_lc_rs::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair as _};
+
+        fn rsa_pair() -> KeyPair {
+            KeyPair::generate(KeySize::Rsa2048).unwrap()
+        }
+
+        fn spki_pem(pair: &KeyPair) -> String {
+            to_pem("PUBLIC KEY", pair.public_key().as_der().unwrap().as_ref())
+        }
+
+        fn signs_and_verifies(pair: &KeyPair, key: &VerificationKey) -> bool {
+            let mut sig = vec![0; pair.public_modulus_len()];
+            pair.sign(&sig::RSA_PKCS1_SHA256, &SystemRandom::new(), b"msg", &mut sig).unwrap();
+            key.verify(Algorithm::RS256, b"msg", &sig) && !key.verify(Algorithm::RS256, b"other", &sig)
+        }
+
+        #[test]
+        fn a_clean_pem_verifies_signatures_of_its_key() {
+            let pair = rsa_pair();
+            let key = VerificationKey::from_public_key_pem(&spki_pem(&pair), Some("ins_1")).unwrap();
+            assert_eq!(key.kid(), Some("ins_1"));
+            assert_eq!(key.family(), KeyFamily::Rsa);
+            assert_eq!(key.rsa_bits(), 2048);
+            assert!(key.supports(Algorithm::RS256) && key.supports(Algorithm::PS256));
+            assert!(!key.supports(Algorithm::ES256));
+            assert!(signs_and_verifies(&pair, &key));
+            // The same key as the JWK with the same n, e and kid.
+            let public = pair.public_key();
+            let jwk = serde_json::json!({"kty": "RSA", "kid": "ins_1",
+                "n": URL_SAFE_NO_PAD.encode(public.modulus().big_endian_without_leading_zero()),
+                "e": URL_SAFE_NO_PAD.encode(public.exponent().big_endian_without_leading_zero())});
+            assert!(key.same_key_as(&key_from_jwk_json(&jwk).unwrap()));
+        }
+
+        #[test]
+        fn mangled_environment_variable_copies_are_accepted() {
+            let pair = rsa_pair();
+            let pem = spki_pem(&pair);
+            let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+            let variants = [
+                // Literal \n escapes, quoted, as .env files and dashboards make them.
+                format!("\"{}\"", pem.trim_end().replace('\n', "\\n")),
+                format!("'{}'", pem.trim_end().replace('\n', "\\n")),
+                // One line, line breaks turned into spaces.
+                pem.trim_end().replace('\n', " "),
+                // CRLF and indentation (YAML block scalars, TOML multi-line strings).
+                pem.lines().map(|l| format!("    {l}\r\n")).collect(),
+                // The body on one line.
+                format!("-----BEGIN PUBLIC KEY-----\n{body}\n-----END PUBLIC KEY-----"),
+                // Literal \r\n escapes.
+                pem.replace('\n', "\\r\\n"),
+            ];
+            for v in variants {
+                let key = VerificationKey::from_public_key_pem(&v, None).unwrap_or_else(|e| panic!("{v:?}: {e}"));
+                assert!(signs_and_verifies(&pair, &key), "{v:?}");
+            }
+        }
+
+        #[test]
+        fn pkcs1_rsa_public_keys_are_accepted() {
+            let pair = rsa_pair();
+            let pem = to_pem("RSA PUBLIC KEY", pair.public_key().as_ref());
+            let key = VerificationKey::from_public_key_pem(&pem, None).unwrap();
+            assert!(signs_and_verifies(&pair, &key));
+        }
+
+        #[test]
+        fn ec_and_ed25519_keys_are_accepted() {
+            let p256 = EcdsaKeyPair::generate(&sig::ECDSA_P256_SHA256_FIXED_SIGNING).unwrap();
+            let pem = to_pem("PUBLIC KEY", p256.public_key().as_der().unwrap().as_ref());
+            let key = VerificationKey::from_public_key_pem(&pem, None).unwrap();
+            assert_eq!(key.family(), KeyFamily::EcP256);
+            let signature = p256.sign(&SystemRandom::new(), b"msg").unwrap();
+            assert!(key.verify(Algorithm::ES256, b"msg", signature.as_ref()));
+
+            let p384 = EcdsaKeyPair::generate(&sig::ECDSA_P384_SHA384_FIXED_SIGNING).unwrap();
+            let pem = to_pem("PUBLIC KEY", p384.public_key().as_der().unwrap().as_ref());
+            assert_eq!(VerificationKey::from_public_key_pem(&pem, None).unwrap().family(), KeyFamily::EcP384);
+
+            let ed = Ed25519KeyPair::generate().unwrap();
+            let pem = to_pem("PUBLIC KEY", ed.public_key().as_der().unwrap().as_ref());
+            let key = VerificationKey::from_public_key_pem(&pem, None).unwrap();
+            assert_eq!(key.family(), KeyFamily::Ed25519);
+            assert!(key.verify(Algorithm::EdDSA, b"msg", ed.sign(b"msg").as_ref()));
+        }
+
+        #[test]
+        fn wrong_inputs_say_what_to_give_instead() {
+            let pair = rsa_pair();
+            let pem = spki_pem(&pair);
+            let cases: Vec<(String, PemKeyError)> = vec![
+                (String::new(), PemKeyError::NoBlock),
+                ("MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEA".into(), PemKeyError::NoBlock),
+                ("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----".into(), PemKeyError::PrivateKey),
+                (
+                    "-----BEGIN RSA PRIVATE KEY-----\nAAAA\n-----END RSA PRIVATE KEY-----".into(),
+                    PemKeyError::PrivateKey,
+                ),
+                ("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----".into(), PemKeyError::Certificate),
+                ("-----BEGIN FOO-----\nAAAA\n-----END FOO-----".into(), PemKeyError::WrongLabel("FOO".into())),
+                (format!("{pem}{pem}"), PemKeyError::SeveralBlocks),
+                (pem.replace("-----END PUBLIC KEY-----", ""), PemKeyError::Unterminated("PUBLIC KEY".into())),
+                ("-----BEGIN PUBLIC KEY-----\n!!!!\n-----END PUBLIC KEY-----".into(), PemKeyError::NotBase64),
+                ("-----BEGIN PUBLIC KEY-----\n\n-----END PUBLIC KEY-----".into(), PemKeyError::NotBase64),
+                (
+                    "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----".into(),
+                    PemKeyError::Key(SkipReason::Invalid("not an RSA, EC P-256, EC P-384 or Ed25519 public key")),
+                ),
+                (format!("{pem}{}", " ".repeat(MAX_PEM_BYTES)), PemKeyError::TooLarge),
+            ];
+            for (input, want) in cases {
+                assert_eq!(VerificationKey::from_public_key_pem(&input, None).unwrap_err(), want, "{input:.60?}");
+            }
+        }
+
+        #[test]
+        fn weak_rsa_keys_are_refused() {
+            let n = [0xC3u8; 128];
+            let der = aws_lc_rs::rsa::PublicKeyComponents { n: &n[..], e: &[1u8, 0, 1][..] }.as_der().unwrap();
+            let pem = to_pem("PUBLIC KEY", der.as_ref());
+            assert_eq!(
+                VerificationKey::from_public_key_pem(&pem, None).unwrap_err(),
+                PemKeyError::Key(SkipReason::WeakRsa(1024))
+            );
+        }
     }
 }

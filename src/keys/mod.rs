@@ -28,6 +28,9 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(60);
 pub const MAX_REFRESH: Duration = Duration::from_secs(3600);
 /// Relative jitter applied to every refresh delay (±10 %).
 pub const REFRESH_JITTER: f64 = 0.1;
+/// Longest retry delay before an issuer's keys first load: the service is
+/// not ready meanwhile, so it retries more eagerly than after a load.
+pub const STARTUP_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Where an issuer's keys come from.
 #[derive(Clone, Debug)]
@@ -160,11 +163,23 @@ impl KeySet {
 
     /// Finds the key for a token's `kid` and `alg`. Without a kid, the key
     /// is chosen only if exactly one key can verify `alg`.
+    ///
+    /// In a static set (keys from configuration, `fetched_at` `None`), a key
+    /// configured without a kid (a PEM public key, say) also verifies a
+    /// token whose kid no key has, when it is the only such key for `alg`:
+    /// what Clerk's SDKs do with a networkless key. Fetched keys are only
+    /// ever matched by kid.
     pub fn find(&self, kid: Option<&str>, alg: Algorithm) -> KeyMatch<'_> {
         match kid {
             Some(kid) => {
                 let mut same_kid = self.keys.iter().filter(|k| k.kid() == Some(kid));
                 let Some(first) = same_kid.next() else {
+                    if self.fetched_at.is_none() {
+                        let mut kidless = self.keys.iter().filter(|k| k.kid().is_none() && k.supports(alg));
+                        if let (Some(k), None) = (kidless.next(), kidless.next()) {
+                            return KeyMatch::Found(k);
+                        }
+                    }
                     return KeyMatch::UnknownKid;
                 };
                 if first.supports(alg) {
@@ -421,7 +436,12 @@ async fn refresher(keys: Weak<IssuerKeys>, cancel: CancellationToken) {
             }
             Err(_) => {
                 failures = failures.saturating_add(1);
-                backoff(settings.initial_backoff, settings.max_backoff, failures)
+                let max = if trigger == Trigger::Startup {
+                    settings.max_backoff.min(STARTUP_MAX_BACKOFF)
+                } else {
+                    settings.max_backoff
+                };
+                backoff(settings.initial_backoff, max, failures)
             }
         };
         drop(this);
@@ -469,5 +489,29 @@ mod tests {
             let d = jitter(Duration::from_secs(100));
             assert!(d >= Duration::from_secs(90) && d <= Duration::from_secs(110));
         }
+    }
+    #[test]
+    fn a_static_key_without_kid_matches_any_kid_but_a_fetched_one_does_not() {
+        let ed = |kid: Option<&str>| {
+            let mut jwk = serde_json::json!({"kty": "OKP", "crv": "Ed25519",
+                "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
+            if let Some(kid) = kid {
+                jwk["kid"] = kid.into();
+            }
+            Arc::new(jwk::key_from_jwk_json(&jwk).unwrap())
+        };
+        let static_set = KeySet::new(vec![ed(None)], None);
+        assert!(matches!(static_set.find(Some("ins_any"), Algorithm::EdDSA), KeyMatch::Found(_)));
+        assert!(matches!(static_set.find(None, Algorithm::EdDSA), KeyMatch::Found(_)));
+        assert!(matches!(static_set.find(Some("ins_any"), Algorithm::ES256), KeyMatch::UnknownKid));
+        // Two kid-less keys: no choice is made.
+        let two = KeySet::new(vec![ed(None), ed(None)], None);
+        assert!(matches!(two.find(Some("ins_any"), Algorithm::EdDSA), KeyMatch::UnknownKid));
+        // A static key with a kid matches only that kid.
+        let with_kid = KeySet::new(vec![ed(Some("ins_1"))], None);
+        assert!(matches!(with_kid.find(Some("ins_2"), Algorithm::EdDSA), KeyMatch::UnknownKid));
+        // Fetched keys are matched by kid only.
+        let fetched = KeySet::new(vec![ed(None)], Some(SystemTime::now()));
+        assert!(matches!(fetched.find(Some("ins_any"), Algorithm::EdDSA), KeyMatch::UnknownKid));
     }
 }

@@ -3,10 +3,11 @@
 use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
-use tracing::{Instrument, info_span};
+use tracing::Instrument;
 
 use super::respond;
 use crate::pb::{self, token_introspection_server::TokenIntrospection};
+use crate::telemetry::{Rpc, Telemetry};
 use crate::verify::{Expectations, Verifier};
 
 /// Largest request accepted (a token is at most 16 KiB).
@@ -16,12 +17,20 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 #[derive(Debug, Clone)]
 pub struct IntrospectService {
     verifier: Arc<Verifier>,
+    telemetry: Telemetry,
 }
 
 impl IntrospectService {
-    /// A service over `verifier`.
+    /// A service over `verifier`, recording into a detached registry until
+    /// [`IntrospectService::with_telemetry`].
     pub fn new(verifier: Arc<Verifier>) -> Self {
-        Self { verifier }
+        Self { verifier, telemetry: Telemetry::detached() }
+    }
+
+    /// Records spans and metrics through `telemetry` (the app's).
+    pub fn with_telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
     }
 
     /// The tonic server, with the request size bounded.
@@ -40,11 +49,12 @@ fn expectations(e: &Option<pb::Expectations>) -> Expectations<'_> {
 #[tonic::async_trait]
 impl TokenIntrospection for IntrospectService {
     async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+        let mut call = self.telemetry.begin(Rpc::Verify, request.metadata());
         let request = request.into_inner();
-        let span = info_span!("Verify", issuer = tracing::field::Empty, reason = tracing::field::Empty);
+        let span = call.span().clone();
         async {
             let outcome = self.verifier.verify(&request.token, &expectations(&request.expect)).await;
-            crate::telemetry::record_outcome(outcome.as_deref());
+            call.record(outcome.as_deref());
             respond::verify_outcome(outcome.as_deref()).map(Response::new)
         }
         .instrument(span)
@@ -55,11 +65,12 @@ impl TokenIntrospection for IntrospectService {
         &self,
         request: Request<pb::GetClaimsRequest>,
     ) -> Result<Response<pb::GetClaimsResponse>, Status> {
+        let mut call = self.telemetry.begin(Rpc::GetClaims, request.metadata());
         let request = request.into_inner();
-        let span = info_span!("GetClaims", issuer = tracing::field::Empty, reason = tracing::field::Empty);
+        let span = call.span().clone();
         async {
             let outcome = self.verifier.verify(&request.token, &expectations(&request.expect)).await;
-            crate::telemetry::record_outcome(outcome.as_deref());
+            call.record(outcome.as_deref());
             respond::get_claims_outcome(outcome.as_deref()).map(Response::new)
         }
         .instrument(span)

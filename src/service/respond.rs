@@ -1,6 +1,6 @@
 //! Turning verification outcomes into wire answers: the only place that
 //! builds a `VerifyResponse`, a `GetClaimsResponse` or an error `Status`
-//! from a verification.
+//! from a verification. [`check`] does the same for Envoy's `CheckResponse`.
 
 use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
@@ -11,6 +11,8 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::pb;
 use crate::verify::{Rejection, VerifiedToken, VerifyError};
+
+pub mod check;
 
 /// The `Identity` of a verified token.
 pub fn identity(token: &VerifiedToken) -> pb::Identity {

@@ -221,22 +221,30 @@ impl Verifier {
     ) -> Result<(VerifiedToken, bool), VerifyError> {
         let decoded = token::decode(token)?;
         let alg = decoded.header.alg;
+        // Without a usable iss, a single trusted issuer's keys still check the
+        // signature first (so an altered token reads as altered); the missing
+        // iss is refused after that, and never costs a refetch or an outage.
+        let has_iss = decoded.claims.iss.get().is_some();
         let issuer = match decoded.claims.iss.get() {
             Some(iss) => trust.get(iss).ok_or_else(|| rejection::untrusted_issuer(iss))?,
-            // No usable iss. With a single trusted issuer its keys still check
-            // the signature first, so an altered token reads as altered; the
-            // missing iss is refused after that.
             None => trust.sole().ok_or(rejection::NO_ISSUER)?,
         };
         if !issuer.policy.algorithms.contains(alg) {
             return Err(rejection::alg_not_in_allow_list(alg.as_str(), issuer.policy.algorithms).into());
         }
         let keys = &issuer.keys;
-        let unavailable = || VerifyError::Unavailable { issuer: keys.issuer().clone() };
+        let unavailable = || {
+            if has_iss {
+                VerifyError::Unavailable { issuer: keys.issuer().clone() }
+            } else {
+                rejection::NO_ISSUER.into()
+            }
+        };
         let set = keys.usable().ok_or_else(unavailable)?;
         let kid = decoded.header.kid.as_deref();
         let key = match lookup(&set, kid, alg, keys)? {
             Some(key) => key,
+            None if !has_iss => return Err(rejection::NO_ISSUER.into()),
             None => {
                 // Unknown kid: one shared, rate-limited refetch.
                 let kid = kid.unwrap_or_default();
@@ -253,7 +261,7 @@ impl Verifier {
         if !cached && !key.verify(alg, decoded.signing_input, decoded.signature()) {
             return Err(rejection::BAD_SIGNATURE.into());
         }
-        if decoded.claims.iss.get().is_none() {
+        if !has_iss {
             return Err(rejection::NO_ISSUER.into());
         }
         if !cached && let (Some((cache, digest)), claims::Claim::Present(exp)) = (cache, &decoded.claims.exp) {

@@ -282,8 +282,13 @@ async fn signatures() {
     assert_eq!(f.reason(&format!("{input}.")).await, Reason::BadSignature);
     let mut raw = URL_SAFE_NO_PAD.decode(sig).unwrap();
     assert_eq!(f.reason(&format!("{input}.{}", b64(&raw[..raw.len() - 3]))).await, Reason::BadSignature);
-    // Non-canonical base64url (trailing bits set) is malformed, not a bad signature.
-    assert_eq!(f.reason(&format!("{input}.{}", &sig[..sig.len() - 4])).await, Reason::Malformed);
+    // Non-canonical base64url (unused trailing bits set) is malformed, not a
+    // bad signature: a 256-byte signature leaves 4 unused bits in its last
+    // character; set the lowest of them.
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let last = ALPHABET.iter().position(|c| *c == *sig.as_bytes().last().unwrap()).unwrap();
+    let non_canonical = format!("{}{}", &sig[..sig.len() - 1], ALPHABET[last | 1] as char);
+    assert_eq!(f.reason(&format!("{input}.{non_canonical}")).await, Reason::Malformed);
     raw[10] ^= 1;
     assert_eq!(f.reason(&format!("{input}.{}", b64(&raw))).await, Reason::BadSignature);
 

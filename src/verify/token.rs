@@ -136,23 +136,9 @@ pub fn strip_bearer(raw: &str) -> &str {
 /// HMAC token we peek at `iss`, only to word the sentence for a token
 /// minted by Supabase Auth).
 pub fn decode(token: &str) -> Result<Decoded<'_>, Rejection> {
-    if token.is_empty() {
-        return Err(r::EMPTY);
-    }
-    if token.len() > MAX_TOKEN_BYTES {
-        return Err(r::TOO_LARGE);
-    }
+    let (h64, p64, s64) = split(token)?;
     let bytes = token.as_bytes();
-    // `str::find` on an ASCII char is a word-at-a-time memchr.
-    let d1 = token.find('.').ok_or(r::NOT_THREE_PARTS)?;
-    let d2 = token[d1 + 1..].find('.').map(|i| d1 + 1 + i).ok_or(r::NOT_THREE_PARTS)?;
-    if token[d2 + 1..].contains('.') {
-        return Err(r::NOT_THREE_PARTS);
-    }
-    let (h64, p64, s64) = (&token[..d1], &token[d1 + 1..d2], &token[d2 + 1..]);
-    if h64.is_empty() || p64.is_empty() {
-        return Err(r::NOT_THREE_PARTS);
-    }
+    let d2 = h64.len() + 1 + p64.len();
 
     // Headers are small: decode on the stack, on the heap only if large.
     let mut header_stack = [0u8; HEADER_STACK_BYTES];
@@ -216,7 +202,59 @@ fn decode_exact(b64: &str) -> Result<Vec<u8>, Rejection> {
     Ok(out)
 }
 
-fn kind_from_header(typ: Option<&str>, cat: Option<&str>) -> TokenKind {
+/// The size and shape checks every input passes first: not empty, at most
+/// [`MAX_TOKEN_BYTES`], exactly three dot-separated parts, the first two
+/// non-empty. Returns the three (still encoded) parts.
+fn split(token: &str) -> Result<(&str, &str, &str), Rejection> {
+    if token.is_empty() {
+        return Err(r::EMPTY);
+    }
+    if token.len() > MAX_TOKEN_BYTES {
+        return Err(r::TOO_LARGE);
+    }
+    // `str::find` on an ASCII char is a word-at-a-time memchr.
+    let d1 = token.find('.').ok_or(r::NOT_THREE_PARTS)?;
+    let d2 = token[d1 + 1..].find('.').map(|i| d1 + 1 + i).ok_or(r::NOT_THREE_PARTS)?;
+    if token[d2 + 1..].contains('.') {
+        return Err(r::NOT_THREE_PARTS);
+    }
+    let (h64, p64, s64) = (&token[..d1], &token[d1 + 1..d2], &token[d2 + 1..]);
+    if h64.is_empty() || p64.is_empty() {
+        return Err(r::NOT_THREE_PARTS);
+    }
+    Ok((h64, p64, s64))
+}
+
+/// A token split and base64url-decoded, nothing else checked: for
+/// `clerk-introspect inspect`, which must show (and explain) even what
+/// [`decode`] refuses, such as an HS256 token. The same size and shape
+/// bounds as [`decode`] apply. The signature is only measured, never kept.
+#[derive(Debug)]
+pub struct RawParts {
+    /// The decoded header bytes.
+    pub header: Vec<u8>,
+    /// The decoded payload bytes.
+    pub payload: Vec<u8>,
+    /// Length of the decoded signature.
+    pub signature_len: usize,
+}
+
+/// Splits and base64url-decodes a token without interpreting it (see
+/// [`RawParts`]).
+pub fn decode_raw(token: &str) -> Result<RawParts, Rejection> {
+    let (h64, p64, s64) = split(token)?;
+    let header = URL_SAFE_NO_PAD.decode(h64).map_err(|_| r::BAD_BASE64)?;
+    let payload = URL_SAFE_NO_PAD.decode(p64).map_err(|_| r::BAD_BASE64)?;
+    if s64.len() > (MAX_SIGNATURE_BYTES * 4).div_ceil(3) {
+        return Err(r::BAD_BASE64);
+    }
+    let mut scratch = [0u8; MAX_SIGNATURE_BYTES];
+    let signature_len = URL_SAFE_NO_PAD.decode_slice(s64, &mut scratch).map_err(|_| r::BAD_BASE64)?;
+    Ok(RawParts { header, payload, signature_len })
+}
+
+/// The token kind that the `typ` and `cat` header values name.
+pub fn kind_from_header(typ: Option<&str>, cat: Option<&str>) -> TokenKind {
     if let Some(t) = typ {
         let t = t.strip_prefix("application/").unwrap_or(t);
         if t.eq_ignore_ascii_case("at+jwt") {

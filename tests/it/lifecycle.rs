@@ -134,7 +134,7 @@ async fn sigterm_drains_and_exits_zero() {
     let key = TestKey::rsa("ins_test");
     let issuer = TestIssuer::start(vec![key.clone()]).await.unwrap();
     let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--issuer", issuer.issuer()])
+        .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--issuer", issuer.issuer()])
         .env("RUST_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()

@@ -2,9 +2,18 @@
 //! on loopback (discovery + JWKS), real gRPC clients, exact reasons.
 
 mod cache;
+mod commands;
+mod config_file;
+mod deploy;
+mod ext_authz;
 mod keys;
 mod lifecycle;
+mod liveness;
 mod property;
 mod reasons;
+mod reload;
 mod runtime;
+mod scratch;
 mod support;
+mod telemetry;
+mod tls;

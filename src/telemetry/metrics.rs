@@ -1,0 +1,430 @@
+//! The service's metrics: one Prometheus registry per [`crate::App`]
+//! (prometheus-client), mirrored to OpenTelemetry instruments when an OTLP
+//! exporter is configured.
+//!
+//! | Prometheus name | type | labels |
+//! |---|---|---|
+//! | `clerk_introspect_verifications_total` | counter | `rpc`, `reason` |
+//! | `clerk_introspect_verification_duration_seconds` | histogram | `rpc` |
+//! | `clerk_introspect_requests_in_flight` | gauge | `rpc` |
+//! | `clerk_introspect_jwks_fetches_total` | counter | `issuer`, `trigger`, `result` |
+//! | `clerk_introspect_keys_loaded` | gauge | `issuer` |
+//! | `clerk_introspect_keys_age_seconds` | gauge | `issuer` |
+//! | `clerk_introspect_unknown_kid_refetches_suppressed_total` | counter | `issuer` |
+//! | `clerk_introspect_build_info` | gauge | `version` |
+//!
+//! Labels are bounded: `rpc` and `reason` are fixed strings, `issuer` is
+//! one of the configured issuers (events are only ever reported for them),
+//! `trigger` and `result` are fixed strings. Never a kid, subject, azp or
+//! token.
+
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::Rpc;
+use crate::clock::Clock;
+use crate::keys::fetch::FetchError;
+use crate::keys::{KeyObserver, Trigger};
+use crate::verify::Verifier;
+
+/// The prefix of every metric name.
+pub const PREFIX: &str = "clerk_introspect";
+
+/// Latency histogram buckets, in seconds: from 50 µs (a cached key and a
+/// signature check) to 10 s (an unknown-kid refetch against a slow issuer).
+pub const LATENCY_BUCKETS: [f64; 17] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    rpc: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VerdictLabels {
+    rpc: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct IssuerLabels {
+    issuer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FetchLabels {
+    issuer: String,
+    trigger: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// The `result` label of a JWKS fetch: `success`, or a fixed word for the
+/// kind of failure (the logs have the details).
+pub fn fetch_result(result: Result<usize, &FetchError>) -> &'static str {
+    match result {
+        Ok(_) => "success",
+        Err(FetchError::Transport { .. }) => "transport_error",
+        Err(FetchError::Timeout { .. }) => "timeout",
+        Err(FetchError::Status { .. }) => "http_status",
+        Err(FetchError::TooLarge { .. }) => "too_large",
+        Err(FetchError::BadDiscovery { .. } | FetchError::IssuerMismatch { .. } | FetchError::BadJwksUri { .. }) => {
+            "bad_discovery"
+        }
+        Err(FetchError::Jwks { .. }) => "bad_jwks",
+        #[allow(unreachable_patterns)]
+        Err(_) => "error",
+    }
+}
+
+/// Per-issuer key state, read at scrape (and OTLP collection) time.
+#[derive(Debug)]
+struct KeyGauges {
+    verifier: OnceLock<Weak<Verifier>>,
+    clock: Arc<dyn Clock>,
+}
+
+/// One issuer's key state at one moment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IssuerKeyState {
+    /// The configured issuer.
+    pub issuer: String,
+    /// Keys in the current set (0 before the first load).
+    pub keys: usize,
+    /// Seconds since the last good fetch; `None` before the first load and
+    /// for static keys.
+    pub age_seconds: Option<f64>,
+}
+
+impl KeyGauges {
+    fn states(&self) -> Vec<IssuerKeyState> {
+        let Some(verifier) = self.verifier.get().and_then(Weak::upgrade) else { return Vec::new() };
+        let now = self.clock.now();
+        let mut out: Vec<IssuerKeyState> = verifier
+            .trust()
+            .issuers()
+            .map(|i| {
+                let set = i.keys.current();
+                IssuerKeyState {
+                    issuer: i.keys.issuer().to_string(),
+                    keys: set.as_ref().map_or(0, |s| s.keys().len()),
+                    age_seconds: set
+                        .and_then(|s| s.fetched_at())
+                        .map(|at| now.duration_since(at).unwrap_or(Duration::ZERO).as_secs_f64()),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.issuer.cmp(&b.issuer));
+        out
+    }
+}
+
+impl Collector for KeyGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let states = self.states();
+        {
+            let mut family = encoder.encode_descriptor(
+                "keys_loaded",
+                "Usable keys in each issuer's current key set (0 before the first successful fetch).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for s in &states {
+                let labels = IssuerLabels { issuer: s.issuer.clone() };
+                ConstGauge::new(i64::try_from(s.keys).unwrap_or(i64::MAX)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "keys_age",
+            "Seconds since each issuer's keys were last fetched successfully (absent before the first load and for static keys).",
+            Some(&Unit::Seconds),
+            MetricType::Gauge,
+        )?;
+        for s in &states {
+            if let Some(age) = s.age_seconds {
+                let labels = IssuerLabels { issuer: s.issuer.clone() };
+                ConstGauge::new(age).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The same metrics as OpenTelemetry instruments (exported over OTLP).
+struct OtelInstruments {
+    verifications: opentelemetry::metrics::Counter<u64>,
+    duration: opentelemetry::metrics::Histogram<f64>,
+    in_flight: opentelemetry::metrics::UpDownCounter<i64>,
+    fetches: opentelemetry::metrics::Counter<u64>,
+    suppressed: opentelemetry::metrics::Counter<u64>,
+    // Observable gauges live as long as their handles.
+    _keys_loaded: opentelemetry::metrics::ObservableGauge<u64>,
+    _keys_age: opentelemetry::metrics::ObservableGauge<f64>,
+}
+
+impl OtelInstruments {
+    fn new(meter: &opentelemetry::metrics::Meter, keys: &Arc<KeyGauges>) -> Self {
+        let loaded_source = keys.clone();
+        let age_source = keys.clone();
+        Self {
+            verifications: meter
+                .u64_counter("clerk_introspect.verifications")
+                .with_description("Answered verifications, by RPC and reason.")
+                .with_unit("{verification}")
+                .build(),
+            duration: meter
+                .f64_histogram("clerk_introspect.verification.duration")
+                .with_description("Time to answer a verification RPC.")
+                .with_unit("s")
+                .with_boundaries(LATENCY_BUCKETS.to_vec())
+                .build(),
+            in_flight: meter
+                .i64_up_down_counter("clerk_introspect.requests.in_flight")
+                .with_description("Verification RPCs being answered now.")
+                .with_unit("{request}")
+                .build(),
+            fetches: meter
+                .u64_counter("clerk_introspect.jwks.fetches")
+                .with_description("JWKS fetches, by issuer, trigger and result.")
+                .with_unit("{fetch}")
+                .build(),
+            suppressed: meter
+                .u64_counter("clerk_introspect.unknown_kid_refetches.suppressed")
+                .with_description("Unknown-kid refetches refused by the per-issuer cooldown.")
+                .with_unit("{refetch}")
+                .build(),
+            _keys_loaded: meter
+                .u64_observable_gauge("clerk_introspect.keys.loaded")
+                .with_description("Usable keys in each issuer's current key set.")
+                .with_unit("{key}")
+                .with_callback(move |observer| {
+                    for s in loaded_source.states() {
+                        observer.observe(s.keys as u64, &[KeyValue::new("issuer", s.issuer)]);
+                    }
+                })
+                .build(),
+            _keys_age: meter
+                .f64_observable_gauge("clerk_introspect.keys.age")
+                .with_description("Seconds since each issuer's keys were last fetched successfully.")
+                .with_unit("s")
+                .with_callback(move |observer| {
+                    for s in age_source.states() {
+                        if let Some(age) = s.age_seconds {
+                            observer.observe(age, &[KeyValue::new("issuer", s.issuer)]);
+                        }
+                    }
+                })
+                .build(),
+        }
+    }
+}
+
+/// The metrics of one [`crate::App`].
+pub struct Metrics {
+    registry: Registry,
+    verifications: Family<VerdictLabels, Counter>,
+    duration: Family<RpcLabels, Histogram, fn() -> Histogram>,
+    in_flight: Family<RpcLabels, Gauge>,
+    fetches: Family<FetchLabels, Counter>,
+    suppressed: Family<IssuerLabels, Counter>,
+    keys: Arc<KeyGauges>,
+    otel: Option<OtelInstruments>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").field("otlp", &self.otel.is_some()).finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry (key ages read from `clock`), mirrored to `meter`
+    /// when given. Call [`Metrics::watch_keys`] once the verifier exists.
+    pub fn new(clock: Arc<dyn Clock>, meter: Option<&opentelemetry::metrics::Meter>) -> Self {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let verifications = Family::<VerdictLabels, Counter>::default();
+        registry.register(
+            "verifications",
+            "Answered verifications (Verify, GetClaims, Check), by RPC and reason (a REASON_* name from the API, UNAVAILABLE or CANCELLED)",
+            verifications.clone(),
+        );
+        let duration = Family::<RpcLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "verification_duration",
+            "Time to answer a verification RPC, from the handler's start to its answer",
+            Unit::Seconds,
+            duration.clone(),
+        );
+        let in_flight = Family::<RpcLabels, Gauge>::default();
+        registry.register("requests_in_flight", "Verification RPCs being answered now", in_flight.clone());
+        let fetches = Family::<FetchLabels, Counter>::default();
+        registry.register(
+            "jwks_fetches",
+            "JWKS fetches (with discovery), by issuer, trigger (startup, scheduled, unknown_kid) and result (success or the kind of failure)",
+            fetches.clone(),
+        );
+        let suppressed = Family::<IssuerLabels, Counter>::default();
+        registry.register(
+            "unknown_kid_refetches_suppressed",
+            "Unknown-kid refetches refused because the issuer's cooldown had not passed",
+            suppressed.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+        registry.register("build_info", "Always 1; the version label says which build is running", build);
+        for rpc in [Rpc::Verify, Rpc::GetClaims] {
+            // Present from the first scrape, so dashboards and rate() see zeros.
+            in_flight.get_or_create(&RpcLabels { rpc: rpc.as_str() }).set(0);
+        }
+        let keys = Arc::new(KeyGauges { verifier: OnceLock::new(), clock });
+        registry.register_collector(Box::new(keys.clone()));
+        let otel = meter.map(|m| OtelInstruments::new(m, &keys));
+        Self { registry, verifications, duration, in_flight, fetches, suppressed, keys, otel }
+    }
+
+    /// Reads key state from `verifier` (held weakly: the key caches hold
+    /// these metrics as their observer). Only the first call counts.
+    pub fn watch_keys(&self, verifier: &Arc<Verifier>) {
+        let _ = self.keys.verifier.set(Arc::downgrade(verifier));
+    }
+
+    /// Each issuer's key state now.
+    pub fn key_states(&self) -> Vec<IssuerKeyState> {
+        self.keys.states()
+    }
+
+    /// Whether the metrics are mirrored to OpenTelemetry.
+    pub fn exports_otlp(&self) -> bool {
+        self.otel.is_some()
+    }
+
+    /// The registry, in the Prometheus text format 0.0.4.
+    pub fn encode_prometheus(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// The registry, in the OpenMetrics text format 1.0.0 (ends with `# EOF`).
+    pub fn encode_openmetrics(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    pub(super) fn request_started(&self, rpc: Rpc) {
+        self.in_flight.get_or_create(&RpcLabels { rpc: rpc.as_str() }).inc();
+        if let Some(o) = &self.otel {
+            o.in_flight.add(1, &[KeyValue::new("rpc", rpc.as_str())]);
+        }
+    }
+
+    pub(super) fn request_finished(&self, rpc: Rpc, reason: &'static str, elapsed: Duration) {
+        let labels = RpcLabels { rpc: rpc.as_str() };
+        self.in_flight.get_or_create(&labels).dec();
+        self.duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        self.verifications.get_or_create(&VerdictLabels { rpc: rpc.as_str(), reason }).inc();
+        if let Some(o) = &self.otel {
+            let rpc_kv = KeyValue::new("rpc", rpc.as_str());
+            o.in_flight.add(-1, std::slice::from_ref(&rpc_kv));
+            o.duration.record(elapsed.as_secs_f64(), std::slice::from_ref(&rpc_kv));
+            o.verifications.add(1, &[rpc_kv, KeyValue::new("reason", reason)]);
+        }
+    }
+}
+
+impl KeyObserver for Metrics {
+    fn fetch_finished(&self, issuer: &str, trigger: Trigger, result: Result<usize, &FetchError>) {
+        let result = fetch_result(result);
+        self.fetches.get_or_create(&FetchLabels { issuer: issuer.to_owned(), trigger: trigger.as_str(), result }).inc();
+        if let Some(o) = &self.otel {
+            o.fetches.add(
+                1,
+                &[
+                    KeyValue::new("issuer", issuer.to_owned()),
+                    KeyValue::new("trigger", trigger.as_str()),
+                    KeyValue::new("result", result),
+                ],
+            );
+        }
+    }
+
+    fn refetch_suppressed(&self, issuer: &str) {
+        self.suppressed.get_or_create(&IssuerLabels { issuer: issuer.to_owned() }).inc();
+        if let Some(o) = &self.otel {
+            o.suppressed.add(1, &[KeyValue::new("issuer", issuer.to_owned())]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+
+    fn metrics() -> Metrics {
+        Metrics::new(Arc::new(SystemClock), None)
+    }
+
+    #[test]
+    fn counters_appear_in_both_formats() {
+        let m = metrics();
+        m.request_started(Rpc::Verify);
+        m.request_finished(Rpc::Verify, "REASON_EXPIRED", Duration::from_micros(80));
+        m.fetch_finished("https://a.example.com", Trigger::Startup, Ok(2));
+        m.refetch_suppressed("https://a.example.com");
+        let text = m.encode_prometheus();
+        for line in [
+            "clerk_introspect_verifications_total{rpc=\"Verify\",reason=\"REASON_EXPIRED\"} 1",
+            "clerk_introspect_requests_in_flight{rpc=\"Verify\"} 0",
+            "clerk_introspect_verification_duration_seconds_count{rpc=\"Verify\"} 1",
+            "clerk_introspect_verification_duration_seconds_bucket{rpc=\"Verify\",le=\"0.0001\"} 1",
+            "clerk_introspect_jwks_fetches_total{issuer=\"https://a.example.com\",trigger=\"startup\",result=\"success\"} 1",
+            "clerk_introspect_unknown_kid_refetches_suppressed_total{issuer=\"https://a.example.com\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
+        assert!(!text.contains("# EOF"));
+        assert!(!text.contains(".."), "prometheus-client ends help texts with a period itself:\n{text}");
+        let om = m.encode_openmetrics();
+        assert!(om.ends_with("# EOF\n"), "{om}");
+        assert!(om.contains("# UNIT clerk_introspect_verification_duration_seconds seconds"), "{om}");
+    }
+
+    #[test]
+    fn fetch_results_are_a_fixed_vocabulary() {
+        let timeout = FetchError::Timeout { url: "https://a.example.com/jwks".into() };
+        assert_eq!(fetch_result(Err(&timeout)), "timeout");
+        let status = FetchError::Status { url: "u".into(), status: 500 };
+        assert_eq!(fetch_result(Err(&status)), "http_status");
+        assert_eq!(fetch_result(Ok(3)), "success");
+    }
+
+    #[test]
+    fn key_gauges_are_empty_without_a_verifier() {
+        let m = metrics();
+        assert!(m.key_states().is_empty());
+        let text = m.encode_prometheus();
+        assert!(text.contains("# TYPE clerk_introspect_keys_loaded gauge"), "{text}");
+        assert!(!text.contains("clerk_introspect_keys_loaded{"), "{text}");
+    }
+}

@@ -1,0 +1,385 @@
+//! Observability: logs, spans, metrics, and the HTTP endpoint that serves
+//! them. Nothing recorded here ever contains a token or a signature: spans
+//! and logs carry the issuer, kid, algorithm and reason; metric labels are
+//! bounded (RPC, reason, configured issuer, fetch trigger and result).
+//!
+//! - Logs: `tracing` to stderr, human-readable by default or one JSON
+//!   object per line ([`LogFormat`]); `RUST_LOG` sets the levels.
+//! - Spans: one server span per RPC ([`Telemetry::begin`] → [`RpcCall`]),
+//!   continuing the caller's W3C `traceparent`; exported over OTLP/gRPC
+//!   when [`otel`] is configured, in the logs at `debug` ([`RPC_TARGET`]).
+//! - Metrics ([`metrics`]): a per-[`crate::App`] Prometheus registry, served
+//!   by [`http`] on `--metrics-listen` with `/healthz` and `/readyz`, and
+//!   mirrored to OTLP when configured.
+
+pub mod http;
+pub mod metrics;
+pub mod otel;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use tracing::{Span, Subscriber, field};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer};
+
+use crate::verify::{VerifiedToken, VerifyError};
+pub use metrics::Metrics;
+
+/// Telemetry settings carried in [`crate::Config`].
+#[derive(Clone, Debug, Default)]
+pub struct TelemetryConfig {
+    /// The OpenTelemetry meter that mirrors the Prometheus metrics over
+    /// OTLP ([`otel::OtelPipeline::meter`]); `None`: Prometheus only.
+    pub meter: Option<opentelemetry::metrics::Meter>,
+}
+
+/// The format of log lines on stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines (colored on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, with the current span's fields, for log
+    /// pipelines.
+    Json,
+}
+
+/// Builds the subscriber: log lines in `format` to `writer`, filtered by
+/// `RUST_LOG` (default `default_level`), plus, when `tracer` is given, the
+/// OpenTelemetry layer (see [`otel::layer_filter`] for what it exports).
+/// [`init`] installs it; benchmarks install it for one scope.
+pub fn subscriber<W>(
+    format: LogFormat,
+    default_level: &str,
+    tracer: Option<opentelemetry_sdk::trace::Tracer>,
+    writer: W,
+    ansi: bool,
+) -> impl Subscriber + for<'a> LookupSpan<'a> + Send + Sync + 'static
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    subscriber_with_filter(format, filter, tracer, writer, ansi)
+}
+
+fn subscriber_with_filter<W>(
+    format: LogFormat,
+    filter: EnvFilter,
+    tracer: Option<opentelemetry_sdk::trace::Tracer>,
+    writer: W,
+    ansi: bool,
+) -> impl Subscriber + for<'a> LookupSpan<'a> + Send + Sync + 'static
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let logs = match format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(writer).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(writer)
+            .boxed(),
+    };
+    let spans = tracer.map(|t| {
+        tracing_opentelemetry::layer()
+            .with_tracer(t)
+            .with_tracked_inactivity(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_filter(otel::layer_filter())
+    });
+    tracing_subscriber::registry().with(logs.with_filter(filter)).with(spans)
+}
+
+/// Installs the global subscriber: logs on stderr in `format`, filtered by
+/// `RUST_LOG` (default: `default_level`, e.g. `info`), and spans exported
+/// through `tracer` when OpenTelemetry is on. A second call does nothing.
+pub fn init(format: LogFormat, default_level: &str, tracer: Option<opentelemetry_sdk::trace::Tracer>) {
+    let ansi = format == LogFormat::Text && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = subscriber(format, default_level, tracer, std::io::stderr, ansi).try_init();
+}
+
+/// Installs human-readable logging only (see [`init`]).
+pub fn init_logging(default_level: &str) {
+    init(LogFormat::Text, default_level, None);
+}
+
+/// The RPCs that verify a token, as span names and metric labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rpc {
+    /// `introspect.v1.TokenIntrospection/Verify`.
+    Verify,
+    /// `introspect.v1.TokenIntrospection/GetClaims`.
+    GetClaims,
+    /// `envoy.service.auth.v3.Authorization/Check` (Envoy ext_authz).
+    Check,
+}
+
+impl Rpc {
+    /// Every RPC.
+    pub const ALL: [Rpc; 3] = [Rpc::Verify, Rpc::GetClaims, Rpc::Check];
+
+    /// The method name, also the `rpc` metric label: `Verify`, `GetClaims`, `Check`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Rpc::Verify => "Verify",
+            Rpc::GetClaims => "GetClaims",
+            Rpc::Check => "Check",
+        }
+    }
+
+    /// The fully qualified gRPC service.
+    pub const fn service(self) -> &'static str {
+        match self {
+            Rpc::Verify | Rpc::GetClaims => "introspect.v1.TokenIntrospection",
+            Rpc::Check => "envoy.service.auth.v3.Authorization",
+        }
+    }
+
+    /// `service/method`, the OpenTelemetry span name of a gRPC server span.
+    pub const fn full_name(self) -> &'static str {
+        match self {
+            Rpc::Verify => "introspect.v1.TokenIntrospection/Verify",
+            Rpc::GetClaims => "introspect.v1.TokenIntrospection/GetClaims",
+            Rpc::Check => "envoy.service.auth.v3.Authorization/Check",
+        }
+    }
+}
+
+/// The metric label (and span field) for calls that ended with
+/// `UNAVAILABLE`: the token's issuer had no usable keys.
+pub const REASON_UNAVAILABLE: &str = "UNAVAILABLE";
+/// The metric label for calls whose client went away before an answer.
+pub const REASON_CANCELLED: &str = "CANCELLED";
+
+/// The telemetry handle the gRPC services hold: cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Telemetry {
+    metrics: Arc<Metrics>,
+}
+
+impl Telemetry {
+    /// A handle recording into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+
+    /// A handle with its own registry, not served anywhere: for services
+    /// built outside an [`crate::App`] (unit tests, benchmarks).
+    pub fn detached() -> Self {
+        Self::new(Arc::new(Metrics::new(Arc::new(crate::clock::SystemClock), None)))
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Starts one RPC: its server span (child of the caller's W3C
+    /// `traceparent` in `metadata`, if any), the in-flight gauge and the
+    /// latency timer. Run the handler inside [`RpcCall::span`] and call
+    /// [`RpcCall::record`] with the outcome; dropping the call ends it
+    /// (counted as [`REASON_CANCELLED`] if nothing was recorded).
+    pub fn begin(&self, rpc: Rpc, metadata: &tonic::metadata::MetadataMap) -> RpcCall {
+        let span = rpc_span(rpc);
+        if !span.is_disabled() {
+            let parent = TraceContextPropagator::new().extract(&MetadataExtractor(metadata));
+            // Fails only when no OpenTelemetry layer is installed: nothing to continue then.
+            let _ = span.set_parent(parent);
+        }
+        self.metrics.request_started(rpc);
+        RpcCall { rpc, span, started: Instant::now(), metrics: self.metrics.clone(), reason: None }
+    }
+}
+
+/// The target of the RPC spans. They are DEBUG spans (as tower-http's
+/// request spans are): with the default `RUST_LOG=info` and no exporter
+/// they are disabled at their call site and cost nothing; the OpenTelemetry
+/// layer always takes them ([`otel::layer_filter`]); `RUST_LOG=debug` (or
+/// `clerk_introspect::rpc=debug`) shows them in the logs.
+pub const RPC_TARGET: &str = "clerk_introspect::rpc";
+
+/// The server span of `rpc`. Fields recorded later: `issuer`, `kid`, `alg`,
+/// `reason`, `cached` (true when another layer answered from its cache:
+/// `Span::current().record("cached", true)`), the gRPC status.
+fn rpc_span(rpc: Rpc) -> Span {
+    macro_rules! span {
+        ($name:literal) => {
+            tracing::debug_span!(
+                target: RPC_TARGET,
+                $name,
+                otel.kind = "server",
+                otel.status_code = field::Empty,
+                rpc.system = "grpc",
+                rpc.service = rpc.service(),
+                rpc.method = rpc.as_str(),
+                rpc.grpc.status_code = field::Empty,
+                issuer = field::Empty,
+                kid = field::Empty,
+                alg = field::Empty,
+                reason = field::Empty,
+                cached = false,
+            )
+        };
+    }
+    match rpc {
+        // The span name is the gRPC method's full name (OpenTelemetry RPC conventions).
+        Rpc::Verify => span!("introspect.v1.TokenIntrospection/Verify"),
+        Rpc::GetClaims => span!("introspect.v1.TokenIntrospection/GetClaims"),
+        Rpc::Check => span!("envoy.service.auth.v3.Authorization/Check"),
+    }
+}
+
+/// One RPC in progress (see [`Telemetry::begin`]).
+#[derive(Debug)]
+pub struct RpcCall {
+    rpc: Rpc,
+    span: Span,
+    started: Instant,
+    metrics: Arc<Metrics>,
+    reason: Option<&'static str>,
+}
+
+impl RpcCall {
+    /// The server span: instrument the handler's future with it.
+    pub fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Records a verification outcome: on the span (issuer, kid, algorithm,
+    /// reason, gRPC status) and, when the call ends, in the metrics.
+    pub fn record(&mut self, outcome: Result<&VerifiedToken, &VerifyError>) {
+        let span = &self.span;
+        match outcome {
+            Ok(t) => {
+                span.record("issuer", &*t.issuer);
+                if let Some(kid) = t.key.kid() {
+                    span.record("kid", kid);
+                }
+                span.record("alg", t.algorithm.as_str());
+                tracing::debug!(parent: span, issuer = %t.issuer, kid = t.key.kid().unwrap_or(""), alg = t.algorithm.as_str(), "token valid");
+                self.finish("REASON_VALID", tonic::Code::Ok);
+            }
+            Err(VerifyError::Rejected(r)) => {
+                tracing::debug!(parent: span, reason = r.reason_name(), message = %r.message, "token rejected");
+                let code = if self.rpc == Rpc::GetClaims { tonic::Code::Unauthenticated } else { tonic::Code::Ok };
+                self.finish(r.reason_name(), code);
+            }
+            Err(VerifyError::Unavailable { issuer }) => {
+                span.record("issuer", &**issuer);
+                tracing::warn!(parent: span, issuer = %issuer, "verification unavailable: the issuer has no usable keys");
+                self.finish(REASON_UNAVAILABLE, tonic::Code::Unavailable);
+            }
+        }
+    }
+
+    /// Records an answer that is not a verification outcome (e.g. a Check
+    /// request without a token): `reason` is the label, a fixed string.
+    pub fn record_reason(&mut self, reason: &'static str, code: tonic::Code) {
+        self.finish(reason, code);
+    }
+
+    fn finish(&mut self, reason: &'static str, code: tonic::Code) {
+        self.span.record("reason", reason);
+        self.span.record("rpc.grpc.status_code", code as i64);
+        if is_server_error(code) {
+            self.span.record("otel.status_code", "ERROR");
+        }
+        self.reason = Some(reason);
+    }
+}
+
+impl Drop for RpcCall {
+    fn drop(&mut self) {
+        let reason = self.reason.unwrap_or(REASON_CANCELLED);
+        self.metrics.request_finished(self.rpc, reason, self.started.elapsed());
+    }
+}
+
+/// gRPC codes that mark a server span as failed (OpenTelemetry semantic
+/// conventions for RPC): the client's own errors do not.
+fn is_server_error(code: tonic::Code) -> bool {
+    use tonic::Code::*;
+    matches!(code, Unknown | DeadlineExceeded | Unimplemented | Internal | Unavailable | DataLoss)
+}
+
+/// Reads W3C trace context from gRPC metadata.
+pub struct MetadataExtractor<'a>(pub &'a tonic::metadata::MetadataMap);
+
+impl Extractor for MetadataExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0
+            .keys()
+            .filter_map(|k| match k {
+                tonic::metadata::KeyRef::Ascii(k) => Some(k.as_str()),
+                tonic::metadata::KeyRef::Binary(_) => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rpc_names_follow_the_grpc_paths() {
+        use tonic::server::NamedService;
+        for rpc in Rpc::ALL {
+            assert_eq!(rpc.full_name(), format!("{}/{}", rpc.service(), rpc.as_str()));
+        }
+        assert_eq!(
+            crate::pb::token_introspection_server::TokenIntrospectionServer::<crate::service::IntrospectService>::NAME,
+            Rpc::Verify.service()
+        );
+    }
+
+    #[test]
+    fn span_names_are_the_full_method_names() {
+        let _guard = tracing::subscriber::set_default(tracing_subscriber::registry());
+        for rpc in Rpc::ALL {
+            let span = rpc_span(rpc);
+            assert_eq!(span.metadata().map(|m| m.name()), Some(rpc.full_name()));
+            for field in ["issuer", "kid", "alg", "reason", "cached", "otel.kind", "rpc.grpc.status_code"] {
+                assert!(span.field(field).is_some(), "{rpc:?} declares {field}");
+            }
+        }
+    }
+
+    #[test]
+    fn rpc_spans_are_off_at_info_without_an_exporter_and_on_at_debug() {
+        let info = subscriber_with_filter(LogFormat::Text, EnvFilter::new("info"), None, std::io::sink, false);
+        tracing::subscriber::with_default(info, || assert!(rpc_span(Rpc::Verify).is_disabled()));
+        let debug = subscriber_with_filter(LogFormat::Json, EnvFilter::new("debug"), None, std::io::sink, false);
+        tracing::subscriber::with_default(debug, || assert!(!rpc_span(Rpc::Verify).is_disabled()));
+    }
+
+    #[test]
+    fn the_extractor_reads_ascii_metadata() {
+        let mut md = tonic::metadata::MetadataMap::new();
+        md.insert("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".parse().unwrap());
+        md.insert_bin("x-bin", tonic::metadata::MetadataValue::from_bytes(b"\x00\x01"));
+        let ex = MetadataExtractor(&md);
+        assert_eq!(ex.get("traceparent"), Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+        assert_eq!(ex.keys(), vec!["traceparent"]);
+        use opentelemetry::trace::TraceContextExt;
+        let cx = TraceContextPropagator::new().extract(&ex);
+        let sc = cx.span().span_context().clone();
+        assert!(sc.is_remote() && sc.is_sampled());
+        assert_eq!(sc.trace_id().to_string(), "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(sc.span_id().to_string(), "b7ad6b7169203331");
+    }
+}
