@@ -509,7 +509,9 @@ impl ServerProc {
             None => Command::new(&args.server_bin),
         };
         let log = std::env::temp_dir().join(format!("clerk-introspect-loadgen-{port}.log"));
-        cmd.args(["serve", "--listen", &addr.to_string(), "--issuer", issuer])
+        // The metrics endpoint on an ephemeral port: served (as in production)
+        // without colliding with another server on the default port.
+        cmd.args(["serve", "--listen", &addr.to_string(), "--issuer", issuer, "--metrics-listen", "127.0.0.1:0"])
             .args(extra)
             .env("TOKIO_WORKER_THREADS", args.server_threads.to_string())
             .envs(args.server_env.iter().map(|(k, v)| (k, v)))
@@ -518,7 +520,7 @@ impl ServerProc {
             .stderr(std::fs::File::create(&log)?);
         let child = cmd.spawn()?;
         let label = if extra.is_empty() { "default".to_owned() } else { extra.join(" ") };
-        let server = ServerProc { child, addr, label, tick: clock_tick() };
+        let mut server = ServerProc { child, addr, label, tick: clock_tick() };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(t) = Target::connect(addr, 1).await
@@ -526,6 +528,10 @@ impl ServerProc {
             {
                 eprintln!("server ({}) serving on {addr}, log {}", server.label, log.display());
                 return Ok(server);
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                let tail = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("the server exited ({status}): {}", tail.trim_end()).into());
             }
             if Instant::now() > deadline {
                 return Err(format!("the server did not become SERVING within 30 s; see {}", log.display()).into());

@@ -247,6 +247,15 @@ pub struct Metrics {
     suppressed: Family<IssuerLabels, Counter>,
     keys: Arc<KeyGauges>,
     otel: Option<OtelInstruments>,
+    /// Each RPC's in-flight gauge and latency histogram, looked up in their
+    /// families once (on the RPC's first call) instead of on every call.
+    per_rpc: [OnceLock<RpcHandles>; Rpc::ALL.len()],
+}
+
+/// Handles into the per-RPC families (they share the families' values).
+struct RpcHandles {
+    in_flight: Gauge,
+    duration: Histogram,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -297,7 +306,27 @@ impl Metrics {
         let keys = Arc::new(KeyGauges { verifier: OnceLock::new(), clock });
         registry.register_collector(Box::new(keys.clone()));
         let otel = meter.map(|m| OtelInstruments::new(m, &keys));
-        Self { registry, verifications, duration, in_flight, fetches, suppressed, keys, otel }
+        Self {
+            registry,
+            verifications,
+            duration,
+            in_flight,
+            fetches,
+            suppressed,
+            keys,
+            otel,
+            per_rpc: Default::default(),
+        }
+    }
+
+    fn rpc_handles(&self, rpc: Rpc) -> &RpcHandles {
+        self.per_rpc[rpc as usize].get_or_init(|| {
+            let labels = RpcLabels { rpc: rpc.as_str() };
+            RpcHandles {
+                in_flight: self.in_flight.get_or_create(&labels).clone(),
+                duration: self.duration.get_or_create(&labels).clone(),
+            }
+        })
     }
 
     /// Reads key state from `verifier` (held weakly: the key caches hold
@@ -332,16 +361,16 @@ impl Metrics {
     }
 
     pub(super) fn request_started(&self, rpc: Rpc) {
-        self.in_flight.get_or_create(&RpcLabels { rpc: rpc.as_str() }).inc();
+        self.rpc_handles(rpc).in_flight.inc();
         if let Some(o) = &self.otel {
             o.in_flight.add(1, &[KeyValue::new("rpc", rpc.as_str())]);
         }
     }
 
     pub(super) fn request_finished(&self, rpc: Rpc, reason: &'static str, elapsed: Duration) {
-        let labels = RpcLabels { rpc: rpc.as_str() };
-        self.in_flight.get_or_create(&labels).dec();
-        self.duration.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        let handles = self.rpc_handles(rpc);
+        handles.in_flight.dec();
+        handles.duration.observe(elapsed.as_secs_f64());
         self.verifications.get_or_create(&VerdictLabels { rpc: rpc.as_str(), reason }).inc();
         if let Some(o) = &self.otel {
             let rpc_kv = KeyValue::new("rpc", rpc.as_str());
