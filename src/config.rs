@@ -364,6 +364,24 @@ fn non_empty_list(flag: &str, values: &[String]) -> Result<Vec<String>, ConfigEr
         .collect()
 }
 
+/// Checks that each `--authorized-party` that looks like a URL is an
+/// origin: Clerk copies the browser's `Origin` header (scheme, host and
+/// port; no path, no trailing slash) into `azp`, so `https://app.example.com/`
+/// could never match. Returns the problem, for the caller to place.
+pub fn check_origins(values: &[String]) -> Result<(), String> {
+    for v in values {
+        if let Some((scheme, rest)) = v.split_once("://")
+            && let Some(slash) = rest.find('/')
+        {
+            let origin = format!("{scheme}://{}", &rest[..slash]);
+            return Err(format!(
+                "{v:?} is not an origin: Clerk sets azp to the browser's Origin (scheme://host[:port], no path or trailing slash), so it could never match; use {origin:?}"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn policy_from_args(args: &ServeArgs) -> Result<Policy, ConfigError> {
     let roles = non_empty_list("--role", &args.roles)?;
     if roles.is_empty() {
@@ -384,7 +402,11 @@ fn policy_from_args(args: &ServeArgs) -> Result<Policy, ConfigError> {
     Ok(Policy {
         algorithms,
         audiences: non_empty_list("--audience", &args.audiences)?,
-        authorized_parties: non_empty_list("--authorized-party", &args.authorized_parties)?,
+        authorized_parties: {
+            let parties = non_empty_list("--authorized-party", &args.authorized_parties)?;
+            check_origins(&parties).map_err(|p| ConfigError::new("--authorized-party", p))?;
+            parties
+        },
         require_azp: args.require_azp,
         roles,
         token_kinds,
@@ -551,6 +573,24 @@ mod tests {
         let cli = Cli::try_parse_from(["clerk-introspect", "demo", "--log-format", "json"]).unwrap();
         assert_eq!(cli.log_format, LogFormat::Json);
         assert!(Cli::try_parse_from(["clerk-introspect", "--log-format", "xml", "demo"]).is_err());
+    }
+
+    #[test]
+    fn authorized_parties_must_be_origins() {
+        let config = |party: &str| {
+            Config::from_args(&serve(&["--issuer", "https://a.example.com", "--authorized-party", party]).unwrap())
+        };
+        for origin in ["https://app.example.com", "http://localhost:3000", "my-native-app"] {
+            assert!(config(origin).is_ok(), "{origin}");
+        }
+        for (bad, fix) in [
+            ("https://app.example.com/", "\"https://app.example.com\""),
+            ("http://localhost:3000/app", "\"http://localhost:3000\""),
+        ] {
+            let err = config(bad).unwrap_err().to_string();
+            assert!(err.starts_with("--authorized-party: "), "{err}");
+            assert!(err.contains(&format!("use {fix}")), "{err}");
+        }
     }
 
     #[test]

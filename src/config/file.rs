@@ -647,6 +647,19 @@ impl<'a> Ctx<'a> {
             key("authorized_parties"),
             || args.authorized_parties.clone(),
         )?;
+        if let Err(problem) = super::check_origins(&authorized_parties) {
+            return Err(
+                match self.choose(
+                    "authorized_parties",
+                    "--authorized-party",
+                    e.authorized_parties.as_ref(),
+                    key("authorized_parties"),
+                ) {
+                    Choice::File(_, k, span) => self.err(&k, span, problem),
+                    Choice::Flag(flag) => ConfigError::new(flag, problem),
+                },
+            );
+        }
         let roles = self.string_list("roles", "--role", e.roles.as_ref(), key("roles"), || args.roles.clone())?;
         if roles.is_empty() {
             let err = "at least one role must be allowed (usually authenticated)";

@@ -198,6 +198,10 @@ fn serve_refuses_a_bad_config_file_naming_the_line_and_the_key() {
             "[[issuers]]\nissuer = \"https://a.example.com\"\n[[issuers]]\nissuer = \"https://a.example.com\"\n",
             ":4: issuers[1].issuer: https://a.example.com is already configured at line 2",
         ),
+        (
+            "[[issuers]]\nissuer = \"https://clerk.example.com\"\nauthorized_parties = [\"https://app.example.com/\"]\n",
+            ":3: issuers[0].authorized_parties: \"https://app.example.com/\" is not an origin",
+        ),
     ];
     for (text, needle) in cases {
         let path = dir.write("config.toml", text);

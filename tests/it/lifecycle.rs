@@ -115,6 +115,18 @@ fn bad_configuration_exits_before_binding() {
             &["serve", "--listen", &port, "--issuer", "https://clerk.example.com", "--clock-skew", "9999"],
             "--clock-skew",
         ),
+        (
+            &[
+                "serve",
+                "--listen",
+                &port,
+                "--issuer",
+                "https://clerk.example.com",
+                "--authorized-party",
+                "https://app.example.com/",
+            ],
+            "--authorized-party: \"https://app.example.com/\" is not an origin",
+        ),
     ];
     for (args, needle) in cases {
         let out = run_bin(args);
