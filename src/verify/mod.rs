@@ -188,9 +188,9 @@ impl Verifier {
         let digest = TokenDigest::of(token);
         let now = self.clock.unix_seconds();
         if let Some(hit) = cache.token(&digest, now) {
-            if still_chosen(&trust, &hit) {
+            if let Some(issuer) = chosen_issuer(&trust, &hit) {
                 tracing::Span::current().record("cached", true);
-                self.check_policy(&trust, &hit.token, expect)?;
+                apply_policy(issuer, &hit.token, expect, now)?;
                 return Ok(hit.token);
             }
             cache.forget_token(&digest);
@@ -199,10 +199,10 @@ impl Verifier {
         // cache hit should not move it around (measured, README).
         let (verified, had_kid) = Box::pin(self.verify_steps(&trust, token, Some(&digest))).await?;
         let verified = Arc::new(verified);
-        if let Some(issuer) = trust.get(&verified.issuer) {
-            cache.insert_token(digest, &verified, had_kid, skew_of(&issuer.policy), now);
-        }
-        self.check_policy(&trust, &verified, expect)?;
+        let issuer = trust.get(&verified.issuer).ok_or_else(|| rejection::untrusted_issuer(&verified.issuer))?;
+        cache.insert_token(digest, &verified, had_kid, skew_of(&issuer.policy), now);
+        // A fresh reading: an unknown-kid refetch may have taken a while.
+        apply_policy(issuer, &verified, expect, self.clock.unix_seconds())?;
         Ok(verified)
     }
 
@@ -292,8 +292,18 @@ impl Verifier {
         expect: &Expectations<'_>,
     ) -> Result<(), Rejection> {
         let issuer = trust.get(&token.issuer).ok_or_else(|| rejection::untrusted_issuer(&token.issuer))?;
-        claims::check(token.kind, &token.claims, &issuer.policy, expect, self.clock.unix_seconds())
+        apply_policy(issuer, token, expect, self.clock.unix_seconds())
     }
+}
+
+/// Step 6 against `issuer`'s policy at `now` (Unix seconds).
+fn apply_policy(
+    issuer: &TrustedIssuer,
+    token: &VerifiedToken,
+    expect: &Expectations<'_>,
+    now: i64,
+) -> Result<(), Rejection> {
+    claims::check(token.kind, &token.claims, &issuer.policy, expect, now)
 }
 
 /// The policy's clock skew in seconds.
@@ -301,22 +311,21 @@ fn skew_of(policy: &Policy) -> i64 {
     i64::try_from(policy.clock_skew.as_secs()).unwrap_or(i64::MAX)
 }
 
-/// Whether steps 2–4 would, under `trust` as it is now, lead to the key that
-/// verified the remembered token: its issuer still trusted, its algorithm
-/// still allowed, the issuer's keys usable, and the key lookup choosing the
-/// very same key object. Then steps 1–5 would give the same result again
-/// (the token's bytes, hence its decoding and signature check, are the same).
-fn still_chosen(trust: &Trust, hit: &cache::Remembered) -> bool {
+/// The remembered token's issuer, if steps 2–4 would, under `trust` as it
+/// is now, lead to the key that verified it: its issuer still trusted, its
+/// algorithm still allowed, the issuer's keys usable, and the key lookup
+/// choosing the very same key object. Then steps 1–5 would give the same
+/// result again (the token's bytes, hence its decoding and signature check,
+/// are the same).
+fn chosen_issuer<'t>(trust: &'t Trust, hit: &cache::Remembered) -> Option<&'t TrustedIssuer> {
     let t = &hit.token;
-    let Some(issuer) = trust.get(&t.issuer) else { return false };
+    let issuer = trust.get(&t.issuer)?;
     if !issuer.policy.algorithms.contains(t.algorithm) {
-        return false;
+        return None;
     }
     let kid = if hit.had_kid { t.key.kid() } else { None };
-    issuer
-        .keys
-        .usable()
-        .is_some_and(|set| matches!(set.find(kid, t.algorithm), KeyMatch::Found(k) if Arc::ptr_eq(k, &t.key)))
+    let set = issuer.keys.usable()?;
+    matches!(set.find(kid, t.algorithm), KeyMatch::Found(k) if Arc::ptr_eq(k, &t.key)).then_some(issuer)
 }
 
 /// Looks the token's key up: `Ok(None)` means "unknown kid, worth a refetch".

@@ -2,8 +2,6 @@
 //! one-CPU container): it serves, verifies (cached and not), and drains on
 //! SIGTERM with exit code 0.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use clerk_introspect::pb::VerifyRequest;
@@ -13,30 +11,14 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
-const BIN: &str = env!("CARGO_BIN_EXE_clerk-introspect");
+use crate::scratch::ServeProcess;
 
 #[tokio::test]
 async fn one_worker_thread_serves_and_drains() {
     let key = TestKey::es256("k1");
     let issuer = TestIssuer::start(vec![key.clone()]).await.unwrap();
-    let mut child = Command::new(BIN)
-        .args(["serve", "--listen", "127.0.0.1:0", "--issuer", issuer.issuer()])
-        .env("RUST_LOG", "info")
-        .env("TOKIO_WORKER_THREADS", "1")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let log = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("serving gRPC addr=").nth(1) {
-                let _ = addr_tx.send(rest.trim().to_owned());
-            }
-        }
-    });
-    let addr = addr_rx.recv_timeout(Duration::from_secs(20)).expect("the server logs its address");
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+    let server = ServeProcess::start_with_env(&["--issuer", issuer.issuer()], &[("TOKIO_WORKER_THREADS", "1")]);
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", server.addr)).unwrap().connect_lazy();
     let mut health = HealthClient::new(channel.clone());
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -61,8 +43,6 @@ async fn one_worker_thread_serves_and_drains() {
     let other = TestKey::es256("k1").mint(&issuer.session_claims(SystemTime::now()));
     assert!(!client.verify(VerifyRequest { token: other, expect: None }).await.unwrap().into_inner().valid);
 
-    assert!(Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
-    let status = tokio::task::spawn_blocking(move || child.wait()).await.unwrap().unwrap();
-    assert_eq!(status.code(), Some(0));
-    log.join().unwrap();
+    let code = tokio::task::spawn_blocking(move || server.stop()).await.unwrap();
+    assert_eq!(code, Some(0));
 }

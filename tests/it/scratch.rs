@@ -167,12 +167,18 @@ impl ServeProcess {
     /// Starts `serve` with `args` (listen on 127.0.0.1:0 is added) and
     /// waits for it to log its address.
     pub fn start(args: &[&str]) -> ServeProcess {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`ServeProcess::start`] with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
         let mut child = Command::new(BIN)
             .arg("serve")
             // Tests run in parallel: never the shared default metrics port.
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
