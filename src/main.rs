@@ -15,6 +15,12 @@ const EX_USAGE: u8 = 64;
 /// Exit code when the service cannot run (BSD `EX_UNAVAILABLE`).
 const EX_UNAVAILABLE: u8 = 69;
 
+/// mimalloc instead of the system allocator: a call allocates and frees
+/// dozens of small buffers (HTTP/2 frames, headers, the answer), and glibc's
+/// malloc was a tenth of the server's time under load (README, Performance).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // The matches tell flags given on the command line from env vars and defaults.
     let matches = Cli::command().get_matches();

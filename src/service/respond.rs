@@ -3,6 +3,7 @@
 //! from a verification. [`check`] does the same for Envoy's `CheckResponse`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use prost_types::{ListValue, Struct, Timestamp, Value, value::Kind};
@@ -13,6 +14,12 @@ use crate::pb;
 use crate::verify::{Rejection, VerifiedToken, VerifyError};
 
 pub mod check;
+pub mod wire;
+
+pub use wire::VerifyAnswer;
+
+/// The message of every valid answer.
+pub const VALID_MESSAGE: &str = "The token is valid.";
 
 /// The `Identity` of a verified token.
 pub fn identity(token: &VerifiedToken) -> pb::Identity {
@@ -43,7 +50,7 @@ pub fn valid(token: &VerifiedToken) -> pb::VerifyResponse {
     pb::VerifyResponse {
         valid: true,
         reason: pb::Reason::Valid as i32,
-        message: "The token is valid.".to_owned(),
+        message: VALID_MESSAGE.to_owned(),
         identity: Some(identity(token)),
     }
 }
@@ -64,6 +71,16 @@ pub fn verify_outcome(outcome: Result<&VerifiedToken, &VerifyError>) -> Result<p
         Ok(token) => Ok(valid(token)),
         Err(VerifyError::Rejected(r)) => Ok(rejected(r)),
         Err(e @ VerifyError::Unavailable { .. }) => Err(unavailable(e)),
+    }
+}
+
+/// The `Verify` answer for an outcome, for [`wire::VerifyCodec`]: a valid
+/// token is encoded straight from the token, without a `VerifyResponse`.
+pub fn verify_answer(outcome: Result<Arc<VerifiedToken>, VerifyError>) -> Result<VerifyAnswer, Status> {
+    match outcome {
+        Ok(token) => Ok(VerifyAnswer::Valid(token)),
+        Err(VerifyError::Rejected(r)) => Ok(VerifyAnswer::Message(Box::new(rejected(&r)))),
+        Err(e @ VerifyError::Unavailable { .. }) => Err(unavailable(&e)),
     }
 }
 
