@@ -31,7 +31,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::Rpc;
+use super::{REASON_VALID, Rpc};
 use crate::clock::Clock;
 use crate::keys::fetch::FetchError;
 use crate::keys::{KeyObserver, Trigger};
@@ -256,6 +256,9 @@ pub struct Metrics {
 struct RpcHandles {
     in_flight: Gauge,
     duration: Histogram,
+    /// The RPC's `REASON_VALID` counter: the common answer skips the
+    /// family's lookup (a hash of the labels under a lock).
+    valid: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -325,6 +328,10 @@ impl Metrics {
             RpcHandles {
                 in_flight: self.in_flight.get_or_create(&labels).clone(),
                 duration: self.duration.get_or_create(&labels).clone(),
+                valid: self
+                    .verifications
+                    .get_or_create(&VerdictLabels { rpc: rpc.as_str(), reason: REASON_VALID })
+                    .clone(),
             }
         })
     }
@@ -371,7 +378,11 @@ impl Metrics {
         let handles = self.rpc_handles(rpc);
         handles.in_flight.dec();
         handles.duration.observe(elapsed.as_secs_f64());
-        self.verifications.get_or_create(&VerdictLabels { rpc: rpc.as_str(), reason }).inc();
+        if reason == REASON_VALID {
+            handles.valid.inc();
+        } else {
+            self.verifications.get_or_create(&VerdictLabels { rpc: rpc.as_str(), reason }).inc();
+        }
         if let Some(o) = &self.otel {
             let rpc_kv = KeyValue::new("rpc", rpc.as_str());
             o.in_flight.add(-1, std::slice::from_ref(&rpc_kv));

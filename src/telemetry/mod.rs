@@ -161,6 +161,9 @@ pub const REASON_UNAVAILABLE: &str = "UNAVAILABLE";
 /// The metric label for calls whose client went away before an answer.
 pub const REASON_CANCELLED: &str = "CANCELLED";
 
+/// The `reason` label of a valid answer.
+pub const REASON_VALID: &str = "REASON_VALID";
+
 /// The telemetry handle the gRPC services hold: cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Telemetry {
@@ -267,7 +270,7 @@ impl RpcCall {
                 }
                 span.record("alg", t.algorithm.as_str());
                 tracing::debug!(parent: span, issuer = %t.issuer, kid = t.key.kid().unwrap_or(""), alg = t.algorithm.as_str(), "token valid");
-                self.finish("REASON_VALID", tonic::Code::Ok);
+                self.finish(REASON_VALID, tonic::Code::Ok);
             }
             Err(VerifyError::Rejected(r)) => {
                 tracing::debug!(parent: span, reason = r.reason_name(), message = %r.message, "token rejected");
