@@ -10,7 +10,10 @@
 //! - `pipeline/<alg>`: `Verifier::verify` without the token cache (steps
 //!   1–6, a signature check every time);
 //! - `cache_hit/<alg>`: `Verifier::verify` of a token already in the cache;
-//! - `respond/valid`: building the `VerifyResponse` of a valid token.
+//! - `respond/valid`: building the `VerifyResponse` of a valid token;
+//! - `respond/prost_encode` and `respond/wire_encode`: the valid answer's
+//!   bytes, through a `VerifyResponse` and prost (built, encoded, dropped)
+//!   and straight from the token (what the server does).
 //!
 //! Run: `cargo bench --bench verify` (add `-- --quick` for a short run).
 
@@ -193,6 +196,21 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("respond");
     g.throughput(Throughput::Elements(1));
     g.bench_function("valid", |b| b.iter(|| respond::valid(black_box(&verified))));
+    let mut buf = Vec::with_capacity(1024);
+    g.bench_function("prost_encode", |b| {
+        b.iter(|| {
+            buf.clear();
+            prost::Message::encode(&respond::valid(black_box(&verified)), &mut buf).unwrap();
+            black_box(buf.len())
+        })
+    });
+    g.bench_function("wire_encode", |b| {
+        b.iter(|| {
+            buf.clear();
+            respond::wire::encode_valid(black_box(&verified), &mut buf);
+            black_box(buf.len())
+        })
+    });
     g.finish();
 }
 
