@@ -4,8 +4,8 @@
 //! It starts `clerk-introspect serve` as a child process (twice: with the
 //! default token cache, then with `--token-cache-size 0`), pinned to its own
 //! CPUs with `taskset` when available, and drives it from this process
-//! through raw `h2` connections (pre-encoded gRPC requests, so that the
-//! client spends as little as possible per call). Scenarios:
+//! (or from h2load, see `--driver`) over pre-encoded gRPC requests, so that
+//! the client spends as little as possible per call. Scenarios:
 //!
 //! - `Health/Check`: `grpc.health.v1.Health/Check`, the transport ceiling;
 //! - `Health/Check` with its request padded to the hot Verify request's size
@@ -21,35 +21,48 @@
 //! rates (aws-lc-rs as the service uses it, and ring) on this machine: the
 //! crypto ceiling is the RS256 rate times the server's cores.
 //!
+//! Clients: the closed-loop passes use h2load (one token) or the `h2`
+//! crate (many tokens, many streams per connection). The open-loop
+//! (rate-limited) passes use `raw_h2` (`loadgen/raw_h2.rs`), a minimal
+//! HTTP/2 client of its own: pre-encoded frames, one write per batch of
+//! due calls per connection, no task or lock per call, on a current-thread
+//! runtime, with a pacing thread releasing calls on a fixed schedule. Its open-loop latencies run from each call's *scheduled* send
+//! time to the arrival of its trailers (no coordinated omission); closed-
+//! loop ones from sending a request to receiving its trailers. Either way
+//! they include the client's own scheduling: an upper bound on the
+//! server's latency.
+//!
 //! Run it with `scripts/bench.sh` (or `cargo bench --bench loadgen --
-//! --help`). Latencies are measured by the client, from sending a request
-//! to receiving its trailers, so they include the client's own scheduling:
-//! an upper bound on the server's latency.
+//! --help`); `--self-test` checks the raw HTTP/2 client without a server
+//! binary (an in-process `h2` server stands in).
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
 use clerk_introspect::keys::jwk::{Algorithm, VerificationKey, key_from_jwk_json};
-use clerk_introspect::pb::VerifyRequest;
+use clerk_introspect::pb::{VerifyRequest, VerifyResponse};
 use clerk_introspect::test_issuer::{TestIssuer, TestKey};
 use h2::client::SendRequest;
 use http::{Method, Request, Uri};
 use prost::Message as _;
 use serde_json::json;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tonic_health::pb::HealthCheckResponse;
+use tonic_health::pb::health_check_response::ServingStatus;
+
+#[path = "loadgen/raw_h2.rs"]
+mod raw_h2;
 
 const HEALTH: &str = "/grpc.health.v1.Health/Check";
 const VERIFY: &str = "/introspect.v1.TokenIntrospection/Verify";
-const MAX_OUTSTANDING: usize = 20_000;
 
 const USAGE: &str = "\
 usage: cargo bench --bench loadgen -- [options]
@@ -69,7 +82,12 @@ usage: cargo bench --bench loadgen -- [options]
   --driver rust|h2load   client for the closed-loop one-token scenarios (Health/Check,
                          hot token); default h2load when installed (cheaper per call
                          than the built-in h2 client, so the server stays the
-                         bottleneck). Open-loop passes always use the built-in client.
+                         bottleneck). Open-loop passes always use the raw HTTP/2
+                         client (benches/loadgen/raw_h2.rs): --connections
+                         connections, calls round-robin, at most the server's
+                         SETTINGS_MAX_CONCURRENT_STREAMS open per connection (a call
+                         beyond it is an error, never queued); latency from each
+                         call's scheduled send time to its trailers.
   --server-bin PATH      server binary (default: the one cargo built)
   --server-env KEY=VAL   extra environment of the server (repeatable), e.g. RUST_LOG=warn
   --scenarios LIST       comma-separated subset of: crypto, health, hot, cached,
@@ -77,7 +95,10 @@ usage: cargo bench --bench loadgen -- [options]
   --ratio-rounds N       alternated Health/Check and hot-token passes whose
                          median ratio is the hot-token target (default 3;
                          the machine is noisy, one pair is not enough)
-  --quick                3 s scenarios, 1 s warm-up, 2000 distinct, 20000 for RSS";
+  --quick                3 s scenarios, 1 s warm-up, 2000 distinct, 20000 for RSS
+  --self-test            check the raw HTTP/2 client (header encoding, frame handling,
+                         a run against an in-process h2 server) and exit: 0 if
+                         every check passes, 1 otherwise";
 
 #[derive(Clone, Debug)]
 struct Args {
@@ -97,6 +118,7 @@ struct Args {
     h2load: bool,
     fraction: f64,
     ratio_rounds: usize,
+    self_test: bool,
 }
 
 impl Args {
@@ -124,6 +146,7 @@ fn parse_args() -> Result<Args, String> {
         h2load: h2load_available(),
         fraction: 0.5,
         ratio_rounds: 3,
+        self_test: false,
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>, flag: &str| -> Result<u64, String> {
@@ -173,6 +196,7 @@ fn parse_args() -> Result<Args, String> {
                 a.distinct = 2_000;
                 a.rss_tokens = 20_000;
             }
+            "--self-test" => a.self_test = true,
             // `cargo bench` passes --bench to every bench target.
             "--bench" => {}
             "-h" | "--help" => return Err(USAGE.into()),
@@ -200,6 +224,11 @@ fn main() {
             std::process::exit(if e == USAGE { 0 } else { 64 });
         }
     };
+    if args.self_test {
+        let failures = raw_h2::self_test();
+        eprintln!("raw_h2 self-test: {} failure(s)", failures.len());
+        std::process::exit(i32::from(!failures.is_empty()));
+    }
     // Pin this process before any thread is started: threads inherit it.
     if let Some(cpus) = &args.client_cpus {
         let status = Command::new("taskset")
@@ -244,12 +273,12 @@ async fn run(args: Args) -> Result<(), Error> {
     )?;
     writeln!(
         report,
-        "- clients: {} for the closed-loop one-token scenarios (Health/Check, hot token); the built-in h2 client (pre-encoded requests) for the many-token and the open-loop (rate-limited) ones",
+        "- clients: {} for the closed-loop one-token scenarios (Health/Check, hot token); the built-in h2 client (pre-encoded requests) for the many-token ones; a raw HTTP/2 client (pre-encoded frames, one write per batch, current-thread runtime) for the open-loop (rate-limited) ones",
         if args.h2load { h2load_version() } else { "the built-in h2 client".to_owned() }
     )?;
     writeln!(
         report,
-        "- {} s measured per scenario after {} s of warm-up; latency from request sent to trailers received, at the client\n",
+        "- {} s measured per scenario after {} s of warm-up; latency at the client, to trailers received, from request sent (closed loop) or from the call's scheduled send time (open loop)\n",
         args.duration.as_secs(),
         args.warmup.as_secs()
     )?;
@@ -635,6 +664,7 @@ impl Drop for ServerProc {
 #[derive(Clone)]
 struct Target {
     conns: Vec<SendRequest<Bytes>>,
+    addr: SocketAddr,
     authority: String,
 }
 
@@ -675,7 +705,7 @@ impl Target {
             });
             conns.push(send);
         }
-        Ok(Target { conns, authority: addr.to_string() })
+        Ok(Target { conns, addr, authority: addr.to_string() })
     }
 
     fn uri(&self, path: &str) -> Uri {
@@ -770,11 +800,13 @@ impl Target {
         errors.load(Ordering::Relaxed)
     }
 
-    /// Open loop: calls started at `rate` per second whatever the answers'
-    /// pace. A pacing thread sleeps (not spins) until the next call is due
-    /// and hands the runtime every call due by then, so calls leave evenly
-    /// spaced to within the thread's wake-up time, about 0.1 ms (Tokio's own
-    /// timer would release them in 1 ms bursts).
+    /// Open loop, through the raw HTTP/2 client (`raw_h2`): calls started
+    /// at `rate` per second whatever the answers' pace, on fresh
+    /// connections; a warm-up run, then a measured one. A pacing thread
+    /// sleeps (not spins) until the next call is due and releases every call
+    /// due by then, so calls leave evenly spaced to within the thread's
+    /// wake-up time, about 0.1 ms (Tokio's own timer would release them in
+    /// 1 ms bursts); latencies count from each call's scheduled time.
     async fn open(
         &self,
         name: &str,
@@ -785,76 +817,50 @@ impl Target {
         server: &ServerProc,
     ) -> Stats {
         eprintln!("{name} ({rate:.0}/s)…");
-        let uri = self.uri(path);
-        let shared = Arc::new(Mutex::new(Worker::default()));
-        let permits = Arc::new(Semaphore::new(MAX_OUTSTANDING));
-        let mut dropped = 0usize;
-        let run = |duration: Duration, measure: bool| {
-            let (uri, shared, permits) = (uri.clone(), shared.clone(), permits.clone());
-            let conns = self.conns.clone();
-            let bodies = bodies.clone();
-            async move {
-                let total = (rate * duration.as_secs_f64()) as usize;
-                let (tx, mut due) = tokio::sync::mpsc::unbounded_channel::<std::ops::Range<usize>>();
-                let pacer = std::thread::spawn(move || {
-                    let start = Instant::now();
-                    let mut sent = 0;
-                    while sent < total {
-                        // Everything due by now leaves now; then sleep until the next one.
-                        let elapsed = start.elapsed().as_secs_f64();
-                        let upto = ((elapsed * rate) as usize + 1).min(total);
-                        if upto > sent {
-                            if tx.send(sent..upto).is_err() {
-                                return;
-                            }
-                            sent = upto;
-                        }
-                        let next = start + Duration::from_secs_f64(sent as f64 / rate);
-                        let now = Instant::now();
-                        if next > now {
-                            std::thread::sleep(next - now);
-                        }
-                    }
-                });
-                let mut dropped = 0;
-                while let Some(range) = due.recv().await {
-                    for i in range {
-                        let Ok(permit) = permits.clone().try_acquire_owned() else {
-                            dropped += 1;
-                            continue;
-                        };
-                        let conn = conns[i % conns.len()].clone();
-                        let (uri, body, shared) = (uri.clone(), bodies[i % bodies.len()].clone(), shared.clone());
-                        tokio::spawn(async move {
-                            let t0 = Instant::now();
-                            let result = call(&conn, &uri, body).await;
-                            let ns = t0.elapsed().as_nanos().min(u32::MAX as u128) as u32;
-                            if measure {
-                                shared.lock().unwrap().record(ns, result);
-                            }
-                            drop(permit);
-                        });
-                    }
-                }
-                let _ = pacer.join();
-                let _ = permits.acquire_many(MAX_OUTSTANDING as u32).await;
-                dropped
-            }
-        };
-        run(args.warmup, false).await;
-        let (cpu0, own0) = (server.cpu(), own_cpu().0);
-        let t0 = Instant::now();
-        dropped += run(args.duration, true).await;
-        let elapsed = t0.elapsed();
-        let cpu = server.cpu().saturating_sub(cpu0);
-        let mut stats = Stats::new(name, &server.label, elapsed, cpu);
-        stats.client_cpu = own_cpu().0.saturating_sub(own0);
-        stats.merge(std::mem::take(&mut *shared.lock().unwrap()));
-        stats.errors += dropped;
+        let check: raw_h2::Check = if path == HEALTH { Arc::new(health_serving) } else { Arc::new(verify_valid) };
+        let addr = self.addr;
+        // The raw client runs its own current-thread runtime, which cannot
+        // start inside this one: on a thread of its own, this worker blocked.
+        let measured = tokio::task::block_in_place(|| {
+            std::thread::scope(|scope| {
+                scope
+                    .spawn(|| {
+                        let mut client = raw_h2::Client::connect(addr, args.connections)?;
+                        client.run(path, bodies, rate, args.warmup, &check, false);
+                        let (cpu0, own0) = (server.cpu(), own_cpu().0);
+                        let t0 = Instant::now();
+                        let w = client.run(path, bodies, rate, args.duration, &check, true);
+                        let elapsed = t0.elapsed();
+                        let mut stats = Stats::new(name, &server.label, elapsed, server.cpu().saturating_sub(cpu0));
+                        stats.client_cpu = own_cpu().0.saturating_sub(own0);
+                        stats.merge(w);
+                        Ok::<_, std::io::Error>(stats)
+                    })
+                    .join()
+                    .expect("the raw HTTP/2 client panicked")
+            })
+        });
+        let mut stats = measured.unwrap_or_else(|e| {
+            let mut stats = Stats::new(name, &server.label, args.duration, Duration::ZERO);
+            stats.errors = 1;
+            stats.first_error = Some(format!("raw h2 client: {e}"));
+            stats
+        });
+        stats.driver = "raw h2 (open loop)";
         stats.finish();
         eprintln!("  {}", stats.row());
         stats
     }
+}
+
+/// `VerifyResponse` with `valid` set (the raw client's check).
+fn verify_valid(message: &[u8]) -> bool {
+    VerifyResponse::decode(message).is_ok_and(|r| r.valid)
+}
+
+/// `HealthCheckResponse` with status SERVING (the raw client's check).
+fn health_serving(message: &[u8]) -> bool {
+    HealthCheckResponse::decode(message).is_ok_and(|r| r.status() == ServingStatus::Serving)
 }
 
 impl Target {
