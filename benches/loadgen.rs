@@ -92,9 +92,13 @@ usage: cargo bench --bench loadgen -- [options]
   --server-env KEY=VAL   extra environment of the server (repeatable), e.g. RUST_LOG=warn
   --scenarios LIST       comma-separated subset of: crypto, health, hot, cached,
                          uncached, half, rss (default: all)
-  --ratio-rounds N       alternated Health/Check and hot-token passes whose
-                         median ratio is the hot-token target (default 3;
-                         the machine is noisy, one pair is not enough)
+  --ratio-rounds N       alternated Health/Check and hot-token pairs whose
+                         median ratio is the hot-token target (default 11, the
+                         first pair being the main rows; the machine is noisy,
+                         one pair is not enough)
+  --ratio-seconds SECS   measured seconds of each further pair's passes, after
+                         1 s of warm-up (default 2: short passes, alternated,
+                         keep both sides of a pair under the same neighbours)
   --quick                3 s scenarios, 1 s warm-up, 2000 distinct, 20000 for RSS
   --self-test            check the raw HTTP/2 client (header encoding, frame handling,
                          a run against an in-process h2 server) and exit: 0 if
@@ -118,6 +122,7 @@ struct Args {
     h2load: bool,
     fraction: f64,
     ratio_rounds: usize,
+    ratio_seconds: Duration,
     self_test: bool,
 }
 
@@ -145,7 +150,8 @@ fn parse_args() -> Result<Args, String> {
         server_env: Vec::new(),
         h2load: h2load_available(),
         fraction: 0.5,
-        ratio_rounds: 3,
+        ratio_rounds: 11,
+        ratio_seconds: Duration::from_secs(2),
         self_test: false,
     };
     let mut it = std::env::args().skip(1);
@@ -159,6 +165,7 @@ fn parse_args() -> Result<Args, String> {
             "--connections" => a.connections = num(it.next(), &arg)?.max(1) as usize,
             "--streams" => a.streams = num(it.next(), &arg)?.max(1) as usize,
             "--ratio-rounds" => a.ratio_rounds = num(it.next(), &arg)?.max(1) as usize,
+            "--ratio-seconds" => a.ratio_seconds = Duration::from_secs(num(it.next(), &arg)?.max(1)),
             "--distinct" => a.distinct = num(it.next(), &arg)?.max(1) as usize,
             "--rss-tokens" => a.rss_tokens = num(it.next(), &arg)? as usize,
             "--server-cpus" => a.server_cpus = it.next(),
@@ -352,9 +359,10 @@ async fn run(args: Args) -> Result<(), Error> {
         if args.wants("health") && args.wants("hot") {
             let rate = |rows: &Vec<Stats>, name: &str| find(rows, name).map_or(f64::NAN, |s| s.rate());
             hot_ratios.push(rate(&rows, "Verify hot token (cached)") / rate(&rows, "Health/Check"));
+            let round = Args { duration: args.ratio_seconds, warmup: Duration::from_secs(1), ..args.clone() };
             for _ in 1..args.ratio_rounds {
-                let health = t.closed("Health/Check (ratio round)", HEALTH, &health, &args, &a).await;
-                let verify = t.closed("Verify hot token (ratio round)", VERIFY, &hot, &args, &a).await;
+                let health = t.closed("Health/Check (ratio round)", HEALTH, &health, &round, &a).await;
+                let verify = t.closed("Verify hot token (ratio round)", VERIFY, &hot, &round, &a).await;
                 hot_ratios.push(verify.rate() / health.rate());
             }
         }
@@ -418,6 +426,7 @@ async fn run(args: Args) -> Result<(), Error> {
     let p99 = |name: &str| rows.iter().find(|r| r.name == name).map_or(f64::NAN, |s| s.percentile(0.99) * 1e3);
     let (health_a, health_b) = (rate("Health/Check", "default"), rate("Health/Check", "--token-cache-size 0"));
     let rs_plain = rate(&format!("Verify {d} RS256 tokens (no cache)"), "--token-cache-size 0");
+    let rs_cached = rate(&format!("Verify {d} RS256 tokens (cached)"), "default");
     let hot_ratio = if hot_ratios.is_empty() {
         rate("Verify hot token (cached)", "default") / health_a
     } else {
@@ -437,6 +446,12 @@ async fn run(args: Args) -> Result<(), Error> {
             format!("hot Verify / Health (cached server; median of {} passes)", hot_ratios.len().max(1)),
             hot_ratio,
             0.85,
+            true,
+        ),
+        (
+            format!("{d} RS256, default server / min(transport {health_a:.0}/s, crypto {crypto_ceiling:.0}/s)"),
+            rs_cached / health_a.min(crypto_ceiling),
+            0.7,
             true,
         ),
         (
