@@ -16,8 +16,9 @@ const EX_USAGE: u8 = 64;
 const EX_UNAVAILABLE: u8 = 69;
 
 /// mimalloc instead of the system allocator: a call allocates and frees
-/// dozens of small buffers (HTTP/2 frames, headers, the answer), and glibc's
-/// malloc was a tenth of the server's time under load (README, Performance).
+/// dozens of small buffers (HTTP/2 frames, headers, the answer); glibc's
+/// malloc was a tenth of the server's time under load, and mimalloc served
+/// 6–15 % more calls per second (README, Performance).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
