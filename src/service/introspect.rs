@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 
 use tonic::body::Body;
 use tonic::codegen::BoxFuture;
+use tonic::metadata::MetadataMap;
 use tonic::server::{Grpc, NamedService, UnaryService};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
@@ -20,7 +21,7 @@ use crate::pb::{
     token_introspection_server::{TokenIntrospection, TokenIntrospectionServer},
 };
 use crate::telemetry::{Rpc, Telemetry};
-use crate::verify::{Expectations, Verifier};
+use crate::verify::{Expectations, VerifiedToken, Verifier, VerifyError};
 
 /// Largest request accepted (a token is at most 16 KiB).
 pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -56,13 +57,26 @@ impl IntrospectService {
 
     /// Verify, answered for [`VerifyCodec`].
     async fn answer_verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<VerifyAnswer>, Status> {
-        let mut call = self.telemetry.begin(Rpc::Verify, request.metadata());
-        let request = request.into_inner();
+        let (metadata, _, request) = request.into_parts();
+        self.answer(Rpc::Verify, &metadata, &request.token, &request.expect, respond::verify_answer).await
+    }
+
+    /// One Verify or GetClaims call: its span and metrics around the
+    /// verifier; `respond` turns the outcome into the answer.
+    async fn answer<T>(
+        &self,
+        rpc: Rpc,
+        metadata: &MetadataMap,
+        token: &str,
+        expect: &Option<pb::Expectations>,
+        respond: impl FnOnce(Result<Arc<VerifiedToken>, VerifyError>) -> Result<T, Status>,
+    ) -> Result<Response<T>, Status> {
+        let mut call = self.telemetry.begin(rpc, metadata);
         let span = call.span().clone();
         async {
-            let outcome = self.verifier.verify(&request.token, &expectations(&request.expect)).await;
+            let outcome = self.verifier.verify(token, &expectations(expect)).await;
             call.record(outcome.as_deref());
-            respond::verify_answer(outcome).map(Response::new)
+            respond(outcome).map(Response::new)
         }
         .instrument(span)
         .await
@@ -141,15 +155,10 @@ impl TokenIntrospection for IntrospectService {
         &self,
         request: Request<pb::GetClaimsRequest>,
     ) -> Result<Response<pb::GetClaimsResponse>, Status> {
-        let mut call = self.telemetry.begin(Rpc::GetClaims, request.metadata());
-        let request = request.into_inner();
-        let span = call.span().clone();
-        async {
-            let outcome = self.verifier.verify(&request.token, &expectations(&request.expect)).await;
-            call.record(outcome.as_deref());
-            respond::get_claims_outcome(outcome.as_deref()).map(Response::new)
-        }
-        .instrument(span)
+        let (metadata, _, request) = request.into_parts();
+        self.answer(Rpc::GetClaims, &metadata, &request.token, &request.expect, |outcome| {
+            respond::get_claims_outcome(outcome.as_deref())
+        })
         .await
     }
 }

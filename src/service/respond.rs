@@ -21,23 +21,28 @@ pub use wire::VerifyAnswer;
 /// The message of every valid answer.
 pub const VALID_MESSAGE: &str = "The token is valid.";
 
-/// The `Identity` of a verified token.
+/// The `Identity` of a verified token (its fields as
+/// [`wire::IdentityView`] reads them, the one place that maps claims to
+/// fields).
 pub fn identity(token: &VerifiedToken) -> pb::Identity {
-    let c = &token.claims;
-    let text = |v: Option<&String>| v.cloned().unwrap_or_default();
+    let view = wire::IdentityView::of(token);
+    let [subject, issuer, session_id, role, authorized_party, organization_id, organization_role, organization_slug] =
+        view.head.map(str::to_owned);
+    let [issued_at, expires_at] = view.times.map(|t| t.map(timestamp));
+    let [key_id, algorithm] = view.tail.map(str::to_owned);
     pb::Identity {
-        subject: text(c.sub.get()),
-        issuer: token.issuer.to_string(),
-        session_id: c.sid.clone().unwrap_or_default(),
-        role: text(c.role.get()),
-        authorized_party: text(c.azp.get()),
-        organization_id: c.org.id.clone().unwrap_or_default(),
-        organization_role: c.org.role.clone().unwrap_or_default(),
-        organization_slug: c.org.slug.clone().unwrap_or_default(),
-        issued_at: c.iat.get().map(|s| timestamp(*s)),
-        expires_at: c.exp.get().map(|s| timestamp(*s)),
-        key_id: token.key.kid().unwrap_or_default().to_owned(),
-        algorithm: token.algorithm.as_str().to_owned(),
+        subject,
+        issuer,
+        session_id,
+        role,
+        authorized_party,
+        organization_id,
+        organization_role,
+        organization_slug,
+        issued_at,
+        expires_at,
+        key_id,
+        algorithm,
     }
 }
 
@@ -65,17 +70,9 @@ pub fn rejected(rejection: &Rejection) -> pb::VerifyResponse {
     }
 }
 
-/// The `Verify` answer for an outcome: a response, or UNAVAILABLE.
-pub fn verify_outcome(outcome: Result<&VerifiedToken, &VerifyError>) -> Result<pb::VerifyResponse, Status> {
-    match outcome {
-        Ok(token) => Ok(valid(token)),
-        Err(VerifyError::Rejected(r)) => Ok(rejected(r)),
-        Err(e @ VerifyError::Unavailable { .. }) => Err(unavailable(e)),
-    }
-}
-
-/// The `Verify` answer for an outcome, for [`wire::VerifyCodec`]: a valid
-/// token is encoded straight from the token, without a `VerifyResponse`.
+/// The `Verify` answer for an outcome (a response, or UNAVAILABLE), for
+/// [`wire::VerifyCodec`]: a valid token is encoded straight from the
+/// token, without a `VerifyResponse`.
 pub fn verify_answer(outcome: Result<Arc<VerifiedToken>, VerifyError>) -> Result<VerifyAnswer, Status> {
     match outcome {
         Ok(token) => Ok(VerifyAnswer::Valid(token)),

@@ -72,19 +72,20 @@ impl Encoder for AnswerEncoder {
     }
 }
 
-/// The `Identity` fields of a token, borrowed, in field-number order.
-struct IdentityView<'a> {
+/// The `Identity` fields of a token, borrowed, in field-number order
+/// (absent claims read as empty strings).
+pub(super) struct IdentityView<'a> {
     /// Fields 1–8: subject, issuer, session_id, role, authorized_party,
     /// organization id, role and slug.
-    head: [&'a str; 8],
+    pub(super) head: [&'a str; 8],
     /// Fields 9 and 10: issued_at, expires_at (seconds).
-    times: [Option<i64>; 2],
+    pub(super) times: [Option<i64>; 2],
     /// Fields 11 and 12: key_id, algorithm.
-    tail: [&'a str; 2],
+    pub(super) tail: [&'a str; 2],
 }
 
 impl<'a> IdentityView<'a> {
-    fn of(token: &'a VerifiedToken) -> Self {
+    pub(super) fn of(token: &'a VerifiedToken) -> Self {
         let c = &token.claims;
         let text = |v: Option<&'a String>| v.map_or("", String::as_str);
         IdentityView {
