@@ -14,6 +14,11 @@
 //! - `respond/prost_encode` and `respond/wire_encode`: the valid answer's
 //!   bytes, through a `VerifyResponse` and prost (built, encoded, dropped)
 //!   and straight from the token (what the server does).
+//! - `service/health_check` and `service/verify_hot`: one gRPC call through
+//!   the server's tower services, in process (no HTTP/2): a
+//!   `grpc.health.v1.Health/Check` and a Verify of a cached token, from the
+//!   framed request body to the collected answer and trailers. Their
+//!   difference is what Verify costs the server beyond the transport.
 //!
 //! Run: `cargo bench --bench verify` (add `-- --quick` for a short run).
 
@@ -86,6 +91,8 @@ struct Setup {
     cases: Vec<Case>,
     plain: Verifier,
     cached: Verifier,
+    /// A cached verifier of its own, for the `service` group.
+    served: Arc<Verifier>,
 }
 
 fn setup() -> Setup {
@@ -105,11 +112,13 @@ fn setup() -> Setup {
     );
     let trust = Trust::new([TrustedIssuer { policy: Arc::new(Policy::default()), keys }]);
     let plain = Verifier::new(trust.clone(), clock.clone());
-    let cached = Verifier::with_token_cache(trust, clock, 1000);
+    let cached = Verifier::with_token_cache(trust.clone(), clock.clone(), 1000);
+    let served = Arc::new(Verifier::with_token_cache(trust, clock, 1000));
     for c in &cases {
         ready(cached.verify(&c.token, &Expectations::default())).expect("valid token");
+        ready(served.verify(&c.token, &Expectations::default())).expect("valid token");
     }
-    Setup { cases, plain, cached }
+    Setup { cases, plain, cached, served }
 }
 
 fn benches(c: &mut Criterion) {
@@ -212,6 +221,53 @@ fn benches(c: &mut Criterion) {
         })
     });
     g.finish();
+
+    let mut g = c.benchmark_group("service");
+    g.throughput(Throughput::Elements(1));
+    let (_reporter, mut health) = tonic_health::server::health_reporter();
+    let health_body = grpc_frame(&[]);
+    g.bench_function("health_check", |b| {
+        b.iter(|| call(&mut health, "/grpc.health.v1.Health/Check", &health_body, |m| m == [8, 1]))
+    });
+    let mut introspect = clerk_introspect::service::IntrospectService::new(s.served.clone()).into_server();
+    let verify_body = grpc_frame(&prost::Message::encode_to_vec(&clerk_introspect::pb::VerifyRequest {
+        token: rs.token.clone(),
+        expect: None,
+    }));
+    g.bench_function("verify_hot", |b| {
+        b.iter(|| call(&mut introspect, "/introspect.v1.TokenIntrospection/Verify", &verify_body, |m| m[..2] == [8, 1]))
+    });
+    g.finish();
+}
+
+/// `message` with its gRPC prefix.
+fn grpc_frame(message: &[u8]) -> bytes::Bytes {
+    let mut framed = vec![0];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(message);
+    framed.into()
+}
+
+/// One unary call through `service`: the framed `body` in, the answer
+/// collected (its message must pass `check`, its trailers say OK).
+fn call<S>(service: &mut S, path: &str, body: &bytes::Bytes, check: impl Fn(&[u8]) -> bool)
+where
+    S: tower::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>>,
+    S::Error: std::fmt::Debug,
+{
+    use http_body_util::BodyExt as _;
+    let request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(path)
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header(http::header::TE, "trailers")
+        .body(tonic::body::Body::new(http_body_util::Full::new(black_box(body.clone()))))
+        .unwrap();
+    let response = ready(service.call(request)).unwrap();
+    let answer = ready(response.into_body().collect()).unwrap();
+    assert_eq!(answer.trailers().and_then(|t| t.get("grpc-status")).unwrap(), "0");
+    let bytes = answer.to_bytes();
+    assert!(check(&bytes[5..]), "unexpected answer {bytes:?}");
 }
 
 criterion_group! {

@@ -1,21 +1,23 @@
 //! `introspect.v1.TokenIntrospection`: Verify and GetClaims.
 //!
-//! [`IntrospectServer`] routes Verify through [`respond::wire::VerifyCodec`]
-//! (a valid answer is encoded straight from the verified token) and every
+//! [`IntrospectServer`] answers Verify itself, through [`unary`]'s framing
+//! (a valid answer is encoded straight from the verified token), and every
 //! other method through the generated server.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use prost::Message as _;
 use tonic::body::Body;
 use tonic::codegen::BoxFuture;
 use tonic::metadata::MetadataMap;
-use tonic::server::{Grpc, NamedService, UnaryService};
+use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
-use super::respond::{self, VerifyAnswer, wire::VerifyCodec};
+use super::respond::{self, VerifyAnswer};
+use super::unary;
 use crate::pb::{
     self,
     token_introspection_server::{TokenIntrospection, TokenIntrospectionServer},
@@ -55,10 +57,26 @@ impl IntrospectService {
         }
     }
 
-    /// Verify, answered for [`VerifyCodec`].
-    async fn answer_verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<VerifyAnswer>, Status> {
-        let (metadata, _, request) = request.into_parts();
-        self.answer(Rpc::Verify, &metadata, &request.token, &request.expect, respond::verify_answer).await
+    /// Verify: the answer, before it is framed.
+    async fn answer_verify(&self, metadata: &MetadataMap, request: &pb::VerifyRequest) -> Result<VerifyAnswer, Status> {
+        let answer = self.answer(Rpc::Verify, metadata, &request.token, &request.expect, respond::verify_answer);
+        Ok(answer.await?.into_inner())
+    }
+
+    /// One Verify call over HTTP/2: [`unary`] reads the request and frames
+    /// the answer; a `Status` becomes a trailers-only response, as tonic
+    /// sends it.
+    async fn serve_verify(&self, request: http::Request<Body>) -> http::Response<Body> {
+        let (parts, body) = request.into_parts();
+        let answer = async {
+            let message = unary::read_message(&parts.headers, body, MAX_REQUEST_BYTES).await?;
+            let request = pb::VerifyRequest::decode(message).map_err(unary::decode_error)?;
+            self.answer_verify(&MetadataMap::from_headers(parts.headers), &request).await
+        };
+        match answer.await {
+            Ok(answer) => unary::ok_response(answer.size_hint(), |buf| answer.encode(buf)),
+            Err(status) => status.into_http(),
+        }
     }
 
     /// One Verify or GetClaims call: its span and metrics around the
@@ -84,9 +102,9 @@ impl IntrospectService {
 }
 
 /// The `introspect.v1.TokenIntrospection` server: Verify through
-/// [`VerifyCodec`], GetClaims (and any unknown method) through the
-/// generated server. Same limits as the generated server: requests up to
-/// [`MAX_REQUEST_BYTES`], no compression.
+/// [`IntrospectService::serve_verify`], GetClaims (and any unknown method)
+/// through the generated server. Same limits as the generated server:
+/// requests up to [`MAX_REQUEST_BYTES`], no compression.
 #[derive(Debug, Clone)]
 pub struct IntrospectServer {
     service: Arc<IntrospectService>,
@@ -115,24 +133,8 @@ impl tower::Service<http::Request<Body>> for IntrospectServer {
         if request.uri().path() != Self::VERIFY_PATH {
             return tower::Service::call(&mut self.generated, request);
         }
-        let method = VerifyMethod(self.service.clone());
-        Box::pin(async move {
-            let mut grpc = Grpc::new(VerifyCodec).apply_max_message_size_config(Some(MAX_REQUEST_BYTES), None);
-            Ok(grpc.unary(method, request).await)
-        })
-    }
-}
-
-/// Verify as a tonic unary method answering [`VerifyAnswer`]s.
-struct VerifyMethod(Arc<IntrospectService>);
-
-impl UnaryService<pb::VerifyRequest> for VerifyMethod {
-    type Response = VerifyAnswer;
-    type Future = BoxFuture<Response<VerifyAnswer>, Status>;
-
-    fn call(&mut self, request: Request<pb::VerifyRequest>) -> Self::Future {
-        let service = self.0.clone();
-        Box::pin(async move { service.answer_verify(request).await })
+        let service = self.service.clone();
+        Box::pin(async move { Ok(service.serve_verify(request).await) })
     }
 }
 
@@ -148,7 +150,9 @@ impl TokenIntrospection for IntrospectService {
     /// The generated route's Verify (the server answers Verify through
     /// [`IntrospectServer`]; same answer, as a message).
     async fn verify(&self, request: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
-        self.answer_verify(request).await.map(|r| r.map(pb::VerifyResponse::from))
+        let (metadata, _, request) = request.into_parts();
+        let answer = self.answer_verify(&metadata, &request).await?;
+        Ok(Response::new(answer.into()))
     }
 
     async fn get_claims(

@@ -71,8 +71,8 @@ pub fn rejected(rejection: &Rejection) -> pb::VerifyResponse {
 }
 
 /// The `Verify` answer for an outcome (a response, or UNAVAILABLE), for
-/// [`wire::VerifyCodec`]: a valid token is encoded straight from the
-/// token, without a `VerifyResponse`.
+/// the Verify route ([`crate::service::unary`]): a valid token is encoded
+/// straight from the token, without a `VerifyResponse`.
 pub fn verify_answer(outcome: Result<Arc<VerifiedToken>, VerifyError>) -> Result<VerifyAnswer, Status> {
     match outcome {
         Ok(token) => Ok(VerifyAnswer::Valid(token)),

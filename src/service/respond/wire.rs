@@ -9,9 +9,6 @@ use std::sync::Arc;
 use prost::Message as _;
 use prost::bytes::BufMut;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
-use tonic::Status;
-use tonic::codec::{Codec, EncodeBuf, Encoder};
-use tonic_prost::ProstDecoder;
 
 use crate::pb;
 use crate::verify::VerifiedToken;
@@ -34,41 +31,23 @@ impl From<VerifyAnswer> for pb::VerifyResponse {
     }
 }
 
-/// The gRPC codec of the Verify route: requests decoded by prost, answers
-/// written by [`AnswerEncoder`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct VerifyCodec;
-
-impl Codec for VerifyCodec {
-    type Encode = VerifyAnswer;
-    type Decode = pb::VerifyRequest;
-    type Encoder = AnswerEncoder;
-    type Decoder = ProstDecoder<pb::VerifyRequest>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        AnswerEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder::default()
-    }
-}
-
-/// Writes a [`VerifyAnswer`].
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AnswerEncoder;
-
-impl Encoder for AnswerEncoder {
-    type Item = VerifyAnswer;
-    type Error = Status;
-
-    fn encode(&mut self, item: VerifyAnswer, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        match item {
-            VerifyAnswer::Valid(token) => encode_valid(&token, dst),
-            // The buffer grows as needed: encoding cannot run out of space.
-            VerifyAnswer::Message(m) => m.encode(dst).map_err(|e| Status::internal(e.to_string()))?,
+impl VerifyAnswer {
+    /// About how many bytes [`VerifyAnswer::encode`] writes (exact for a
+    /// valid answer).
+    pub fn size_hint(&self) -> usize {
+        match self {
+            VerifyAnswer::Valid(token) => valid_len(token),
+            VerifyAnswer::Message(m) => m.encoded_len(),
         }
-        Ok(())
+    }
+
+    /// Writes the answer's `VerifyResponse` (prost's bytes for it).
+    pub fn encode(&self, buf: &mut impl BufMut) {
+        match self {
+            VerifyAnswer::Valid(token) => encode_valid(token, buf),
+            // Into a growing buffer: encoding cannot run out of space.
+            VerifyAnswer::Message(m) => m.encode_raw(buf),
+        }
     }
 }
 
@@ -142,6 +121,13 @@ pub fn encode_valid(token: &VerifiedToken, buf: &mut impl BufMut) {
     encode_key(4, WireType::LengthDelimited, buf);
     encode_varint(identity.encoded_len() as u64, buf);
     identity.encode(buf);
+}
+
+/// The length of what [`encode_valid`] writes.
+fn valid_len(token: &VerifiedToken) -> usize {
+    let valid = key_len(1) + encoded_len_varint(1);
+    let reason = key_len(2) + encoded_len_varint(pb::Reason::Valid as u64);
+    valid + reason + string_len(3, super::VALID_MESSAGE) + message_len(4, IdentityView::of(token).encoded_len())
 }
 
 /// A `google.protobuf.Timestamp` with whole seconds: its encoded length.
@@ -222,9 +208,33 @@ mod tests {
                 let mut written = Vec::new();
                 encode_valid(&token, &mut written);
                 assert_eq!(written, expected, "payload {i}, kid {kid:?}");
+                let answer = VerifyAnswer::Valid(Arc::new(token));
+                assert_eq!(answer.size_hint(), expected.len(), "payload {i}, kid {kid:?}");
+                let mut through_answer = Vec::new();
+                answer.encode(&mut through_answer);
+                assert_eq!(through_answer, expected);
+                let token = match answer {
+                    VerifyAnswer::Valid(token) => token,
+                    VerifyAnswer::Message(_) => unreachable!(),
+                };
                 assert_eq!(pb::VerifyResponse::decode(&written[..]).unwrap(), super::super::valid(&token));
             }
         }
+    }
+
+    #[test]
+    fn a_rejection_is_written_as_prost_writes_it() {
+        let message = pb::VerifyResponse {
+            valid: false,
+            reason: pb::Reason::Expired as i32,
+            message: "expired".into(),
+            ..Default::default()
+        };
+        let answer = VerifyAnswer::Message(Box::new(message.clone()));
+        let mut written = Vec::new();
+        answer.encode(&mut written);
+        assert_eq!(written, message.encode_to_vec());
+        assert_eq!(answer.size_hint(), written.len());
     }
 
     #[test]
