@@ -17,3 +17,4 @@ mod scratch;
 mod support;
 mod telemetry;
 mod tls;
+mod wire;
