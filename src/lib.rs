@@ -8,7 +8,8 @@
 //! - [`keys`]: OIDC discovery, JWKS fetch, parsed keys, refresh and refetch.
 //! - [`verify`]: the verification pipeline and per-issuer [`verify::Policy`].
 //! - [`service`]: gRPC adapters (TokenIntrospection, Envoy's ext_authz
-//!   Authorization); [`service::respond`] maps outcomes to answers.
+//!   Authorization); [`service::respond`] maps outcomes to answers,
+//!   [`service::unary`] frames Verify's request and answer.
 //! - [`server`]: assembly, serving and drain ([`run`]).
 //! - [`health`]: readiness published through `grpc.health.v1`.
 //! - [`runtime`]: the binary's Tokio runtime (single-threaded on one CPU).

@@ -4,7 +4,7 @@
 //! A thin adapter: [`source`] finds the token in the `CheckRequest` (the
 //! token header, then Clerk's session cookies) and the route's
 //! `context_extensions`; [`Verifier::verify`] decides, exactly as for
-//! `Verify`; [`respond::check`] turns the outcome into a `CheckResponse`.
+//! `Verify`; `respond::check` turns the outcome into a `CheckResponse`.
 //! Wire types come from the `envoy-types` crate; the vendored protos in
 //! `proto/vendor/` only feed server reflection.
 

@@ -101,8 +101,8 @@ impl IntrospectService {
     }
 }
 
-/// The `introspect.v1.TokenIntrospection` server: Verify through
-/// [`IntrospectService::serve_verify`], GetClaims (and any unknown method)
+/// The `introspect.v1.TokenIntrospection` server: Verify through its own
+/// framing ([`unary`]), GetClaims (and any unknown method)
 /// through the generated server. Same limits as the generated server:
 /// requests up to [`MAX_REQUEST_BYTES`], no compression.
 #[derive(Debug, Clone)]

@@ -22,7 +22,7 @@ pub use wire::VerifyAnswer;
 pub const VALID_MESSAGE: &str = "The token is valid.";
 
 /// The `Identity` of a verified token (its fields as
-/// [`wire::IdentityView`] reads them, the one place that maps claims to
+/// `wire::IdentityView` reads them, the one place that maps claims to
 /// fields).
 pub fn identity(token: &VerifiedToken) -> pb::Identity {
     let view = wire::IdentityView::of(token);

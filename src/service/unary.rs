@@ -76,7 +76,10 @@ pub fn ok_response(size_hint: usize, encode: impl FnOnce(&mut BytesMut)) -> http
     let mut framed = BytesMut::with_capacity(PREFIX_LEN + size_hint);
     framed.put_bytes(0, PREFIX_LEN);
     encode(&mut framed);
-    let len = u32::try_from(framed.len() - PREFIX_LEN).expect("an answer is far below 4 GiB");
+    // Answers are a few hundred bytes (tokens are at most 16 KiB); never a panic.
+    let Ok(len) = u32::try_from(framed.len() - PREFIX_LEN) else {
+        return Status::internal("the answer is too large to send").into_http();
+    };
     framed[1..PREFIX_LEN].copy_from_slice(&len.to_be_bytes());
     let mut response = http::Response::new(Body::new(OneMessage { message: Some(framed.freeze()), ended: false }));
     response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
