@@ -314,6 +314,9 @@ mod tests {
         assert_eq!(code, Code::OutOfRange);
         assert!(message.contains(&format!("found {} bytes, the limit is: {MAX} bytes", MAX + 1)), "{message}");
         assert!(read_chunks(vec![framed(0, &[b'a'; MAX])]).await.is_ok());
+        // Anything past the message, even one byte, is refused as it arrives.
+        let stray = [framed(0, b"a"), vec![0]].concat();
+        assert_eq!(status(read_chunks(vec![stray]).await), (Code::Internal, MORE_THAN_ONE_MESSAGE.into()));
         // Two messages, in one frame or two.
         let two = [framed(0, b"a"), framed(0, b"b")].concat();
         assert_eq!(status(read_chunks(vec![two]).await), (Code::Internal, MORE_THAN_ONE_MESSAGE.into()));
