@@ -509,11 +509,7 @@ fn claims(iss: &str, i: usize) -> serde_json::Value {
 }
 
 fn grpc_frame(message: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(5 + message.len());
-    out.push(0);
-    out.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    out.extend_from_slice(message);
-    out.into()
+    [&clerk_introspect::service::unary::message_prefix(message.len() as u32)[..], message].concat().into()
 }
 
 /// An encoded `HealthCheckRequest` of `size` bytes (for `size` ≥ 2): an

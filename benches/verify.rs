@@ -242,10 +242,7 @@ fn benches(c: &mut Criterion) {
 
 /// `message` with its gRPC prefix.
 fn grpc_frame(message: &[u8]) -> bytes::Bytes {
-    let mut framed = vec![0];
-    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
-    framed.extend_from_slice(message);
-    framed.into()
+    [&clerk_introspect::service::unary::message_prefix(message.len() as u32)[..], message].concat().into()
 }
 
 /// One unary call through `service`: the framed `body` in, the answer

@@ -25,6 +25,13 @@ use tonic::{Code, Status};
 /// big-endian `u32` length.
 pub const PREFIX_LEN: usize = 5;
 
+/// The prefix of a message of `len` bytes: not compressed, then the length.
+pub fn message_prefix(len: u32) -> [u8; PREFIX_LEN] {
+    let mut prefix = [0; PREFIX_LEN];
+    prefix[1..].copy_from_slice(&len.to_be_bytes());
+    prefix
+}
+
 /// The status message of a body that ended before its first message began
 /// (tonic's words).
 pub const MISSING_MESSAGE: &str = "Missing request message.";
@@ -80,7 +87,7 @@ pub fn ok_response(size_hint: usize, encode: impl FnOnce(&mut BytesMut)) -> http
     let Ok(len) = u32::try_from(framed.len() - PREFIX_LEN) else {
         return Status::internal("the answer is too large to send").into_http();
     };
-    framed[1..PREFIX_LEN].copy_from_slice(&len.to_be_bytes());
+    framed[..PREFIX_LEN].copy_from_slice(&message_prefix(len));
     let mut response = http::Response::new(Body::new(OneMessage { message: Some(framed.freeze()), ended: false }));
     response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     response
@@ -145,7 +152,7 @@ impl Message {
         };
         let have = self.bytes.as_slice();
         if self.len.is_none() && have.len() >= PREFIX_LEN {
-            self.len = Some(prefix(&have[..PREFIX_LEN], max)?);
+            self.len = Some(read_prefix(&have[..PREFIX_LEN], max)?);
         }
         // Nothing past the message is kept: a second one is refused here.
         match self.len {
@@ -173,7 +180,7 @@ impl Message {
 }
 
 /// The length in a message's prefix, checked as tonic checks it.
-fn prefix(mut p: &[u8], max: usize) -> Result<usize, Status> {
+fn read_prefix(mut p: &[u8], max: usize) -> Result<usize, Status> {
     match p.get_u8() {
         0 => {}
         // No grpc-encoding was accepted (refuse_compression), so a compressed

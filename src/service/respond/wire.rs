@@ -13,7 +13,7 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, k
 use crate::pb;
 use crate::verify::VerifiedToken;
 
-/// The answer of a Verify call, as the wire codec takes it.
+/// The answer of a Verify call, as `service::unary` frames it.
 #[derive(Debug)]
 pub enum VerifyAnswer {
     /// Valid: encoded from the token itself ([`encode_valid`]).
@@ -32,8 +32,7 @@ impl From<VerifyAnswer> for pb::VerifyResponse {
 }
 
 impl VerifyAnswer {
-    /// About how many bytes [`VerifyAnswer::encode`] writes (exact for a
-    /// valid answer).
+    /// How many bytes [`VerifyAnswer::encode`] writes.
     pub fn size_hint(&self) -> usize {
         match self {
             VerifyAnswer::Valid(token) => valid_len(token),
