@@ -3,7 +3,7 @@
 # runs the real server against a loopback test issuer and prints the report
 # (Markdown) on stdout; a copy goes to target/bench-report.md.
 #
-#   scripts/bench.sh                 # the full run (about 8 minutes)
+#   scripts/bench.sh                 # the full run (about 12 minutes)
 #   scripts/bench.sh --quick         # a short smoke run
 #   scripts/bench.sh --help          # the load generator's options
 #   scripts/bench.sh --criterion     # also run the criterion suite (benches/verify.rs) first
