@@ -79,13 +79,19 @@ fn subscriber_with_filter<W>(
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
+    let dispatch = DispatchCell::default();
     let logs = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(writer).boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .event_format(JsonWithTraceIds {
+                json: tracing_subscriber::fmt::format()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(true)
+                    .with_span_list(false),
+                dispatch: dispatch.clone(),
+            })
             .with_writer(writer)
             .boxed(),
     };
@@ -97,7 +103,71 @@ where
             .with_threads(false)
             .with_filter(otel::layer_filter())
     });
-    tracing_subscriber::registry().with(logs.with_filter(filter)).with(spans)
+    tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
+        .with(spans)
+        // Wants no span or event of its own (so it enables nothing); only
+        // keeps the dispatcher.
+        .with(dispatch.with_filter(tracing_subscriber::filter::LevelFilter::OFF))
+}
+
+/// JSON log lines (tracing-subscriber's), plus `trace_id` and `span_id`
+/// (W3C hex) when the current span is traced by OpenTelemetry, so that a
+/// log pipeline can join each line of an RPC to its exported trace. The
+/// RPC spans are DEBUG spans, hidden from the logs at `info`; their ids are
+/// read from the OpenTelemetry layer, which always takes them.
+struct JsonWithTraceIds {
+    json: tracing_subscriber::fmt::format::Format<tracing_subscriber::fmt::format::Json>,
+    dispatch: DispatchCell,
+}
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JsonWithTraceIds
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'w> tracing_subscriber::fmt::FormatFields<'w> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let Some((trace_id, span_id)) = self.dispatch.current_trace_ids() else {
+            return self.json.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.json.format_event(ctx, tracing_subscriber::fmt::format::Writer::new(&mut line), event)?;
+        // One JSON object and a newline: the ids go in before its last brace.
+        match line.trim_end().strip_suffix('}') {
+            Some(object) => writeln!(writer, r#"{object},"trace_id":"{trace_id}","span_id":"{span_id}"}}"#),
+            None => writer.write_str(&line),
+        }
+    }
+}
+
+/// The dispatcher the logs belong to, kept when it is built. Inside an
+/// event, `Span::current()` sees no dispatcher (tracing's re-entrancy
+/// guard) and the log layer's own view hides the filtered-out RPC spans;
+/// the dispatcher itself knows the current span and its OpenTelemetry ids.
+#[derive(Clone, Default)]
+struct DispatchCell(Arc<std::sync::OnceLock<tracing::dispatcher::WeakDispatch>>);
+
+impl DispatchCell {
+    /// The OpenTelemetry trace and span ids of the current span, if it is traced.
+    fn current_trace_ids(&self) -> Option<(opentelemetry::trace::TraceId, opentelemetry::trace::SpanId)> {
+        use opentelemetry::trace::TraceContextExt as _;
+        let dispatch = self.0.get()?.upgrade()?;
+        let current = dispatch.current_span();
+        let cx = tracing_opentelemetry::get_otel_context(current.id()?, &dispatch)?;
+        let sc = cx.span().span_context().clone();
+        sc.is_valid().then(|| (sc.trace_id(), sc.span_id()))
+    }
+}
+
+impl<S: Subscriber> Layer<S> for DispatchCell {
+    fn on_register_dispatch(&self, dispatch: &tracing::Dispatch) {
+        let _ = self.0.set(dispatch.downgrade());
+    }
 }
 
 /// Installs the global subscriber: logs on stderr in `format`, filtered by
@@ -368,6 +438,96 @@ mod tests {
         tracing::subscriber::with_default(info, || assert!(rpc_span(Rpc::Verify).is_disabled()));
         let debug = subscriber_with_filter(LogFormat::Json, EnvFilter::new("debug"), None, std::io::sink, false);
         tracing::subscriber::with_default(debug, || assert!(!rpc_span(Rpc::Verify).is_disabled()));
+    }
+
+    /// A `MakeWriter` that keeps what the logs wrote.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    impl Captured {
+        fn lines(&self) -> Vec<serde_json::Value> {
+            let bytes = self.0.lock().unwrap().clone();
+            String::from_utf8(bytes)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+                .collect()
+        }
+    }
+
+    fn traceparent() -> tonic::metadata::MetadataMap {
+        let mut md = tonic::metadata::MetadataMap::new();
+        md.insert("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".parse().unwrap());
+        md
+    }
+
+    #[test]
+    fn json_logs_carry_the_trace_and_span_ids_of_a_traced_rpc() {
+        use opentelemetry::trace::TracerProvider as _;
+        let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+        let out = Captured::default();
+        let subscriber = subscriber_with_filter(
+            LogFormat::Json,
+            EnvFilter::new("info"),
+            Some(provider.tracer("test")),
+            out.clone(),
+            false,
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!("before any RPC");
+            let call = Telemetry::detached().begin(Rpc::Verify, &traceparent());
+            let own_span_id = {
+                use opentelemetry::trace::TraceContextExt as _;
+                call.span().context().span().span_context().span_id().to_string()
+            };
+            call.span().in_scope(|| tracing::warn!(issuer = "https://clerk.example.com", "inside the RPC"));
+            tracing::info!(span_id = %own_span_id, "after the RPC");
+        });
+        let lines = out.lines();
+        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines[0]["message"], "before any RPC");
+        assert!(lines[0].get("trace_id").is_none(), "{}", lines[0]);
+        let inside = &lines[1];
+        assert_eq!(inside["message"], "inside the RPC");
+        assert_eq!(inside["issuer"], "https://clerk.example.com");
+        assert_eq!(inside["level"], "WARN");
+        // The caller's trace, and the server span's own id (not the caller's).
+        assert_eq!(inside["trace_id"], "0af7651916cd43dd8448eb211c80319c", "{lines:?}");
+        assert_eq!(inside["span_id"], lines[2]["span_id"]);
+        assert_ne!(inside["span_id"], "b7ad6b7169203331");
+        assert!(lines[2].get("trace_id").is_none(), "{}", lines[2]);
+    }
+
+    #[test]
+    fn json_logs_have_no_trace_ids_without_opentelemetry() {
+        let out = Captured::default();
+        let subscriber = subscriber_with_filter(LogFormat::Json, EnvFilter::new("debug"), None, out.clone(), false);
+        tracing::subscriber::with_default(subscriber, || {
+            let call = Telemetry::detached().begin(Rpc::Verify, &traceparent());
+            call.span().in_scope(|| tracing::warn!("inside the RPC"));
+        });
+        let lines = out.lines();
+        let inside = lines.iter().find(|l| l["message"] == "inside the RPC").expect("the event is logged");
+        // The span's own fields are there (debug shows RPC spans); no ids.
+        assert_eq!(inside["span"]["rpc.method"], "Verify");
+        assert!(inside.get("trace_id").is_none() && inside.get("span_id").is_none(), "{inside}");
     }
 
     #[test]

@@ -110,7 +110,9 @@ fn spawn_binary(issuer: &str, otlp: &str) -> Child {
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0", "--issuer", issuer])
         .args(["--log-format", "json"])
-        .env("RUST_LOG", "info")
+        // Each verification's debug line, as an operator turns it on; the
+        // RPC spans themselves stay out of the logs (target `clerk_introspect::rpc`).
+        .env("RUST_LOG", "info,clerk_introspect::telemetry=debug")
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp)
         .env("OTEL_SERVICE_NAME", "introspect-under-test")
         .env("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=test,team=auth%2Cplatform")
@@ -279,6 +281,18 @@ async fn otlp_export_continues_the_callers_trace() {
         .expect("the malformed call's span");
     assert_ne!(hex(&rejected.trace_id), trace_id, "no traceparent: a new trace");
     assert!(rejected.parent_span_id.is_empty(), "a root span");
+    // Each RPC's log lines name its trace and its server span.
+    let logged = |message: &str| -> serde_json::Value {
+        let line = lines.iter().find(|l| l.contains(message)).unwrap_or_else(|| panic!("no {message:?} line"));
+        serde_json::from_str(line).unwrap()
+    };
+    let valid_line = logged("token valid");
+    assert_eq!(valid_line["trace_id"], trace_id, "{valid_line}");
+    assert_eq!(valid_line["span_id"], hex(&verify.span_id).as_str(), "{valid_line}");
+    let rejected_line = logged("token rejected");
+    assert_eq!(rejected_line["trace_id"], hex(&rejected.trace_id).as_str(), "{rejected_line}");
+    assert_eq!(rejected_line["span_id"], hex(&rejected.span_id).as_str(), "{rejected_line}");
+    assert!(logged("serving gRPC").get("trace_id").is_none(), "a line outside any RPC has no trace");
     for s in &spans {
         for kv in &s.attributes {
             let text = any_value_text(&kv.value);
