@@ -9,7 +9,12 @@
 //! - `GET /readyz`: 200 when ready, 503 otherwise, by the same rule as gRPC
 //!   health ([`Readiness::is_ready`]); the body lists each issuer's state.
 //!
-//! Requests carry no body we read; hyper bounds the request head.
+//! Requests carry no body we read; hyper bounds the request head. The
+//! endpoint speaks HTTP/1.1 (what Prometheus and the kubelet use), serves at
+//! most [`MAX_CONNECTIONS`] connections at once (further ones wait in the
+//! listen backlog) and closes a connection that takes longer than
+//! [`HEADER_READ_TIMEOUT`] to send a request head, so idle or slow clients
+//! cannot hold the port.
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -39,6 +44,33 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = prometheus_client::encoding::prometheu
 /// Longest wait, after the gRPC server has stopped, for scrapes and probes
 /// in progress.
 pub const STOP_GRACE: Duration = Duration::from_secs(2);
+/// Most connections served at once. Prometheus keeps one per scraper and the
+/// kubelet opens one per probe; a connection beyond the cap waits in the
+/// listen backlog until one closes.
+pub const MAX_CONNECTIONS: usize = 64;
+/// Longest time a connection may take to send a request head, counted from
+/// the moment the server starts waiting for it; past it the connection is
+/// closed. Prometheus' default scrape timeout is 10 s.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed `accept` that is not the peer's doing (e.g. out of
+/// file descriptors), so that the loop does not spin.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// The endpoint's connection limits ([`MAX_CONNECTIONS`] and
+/// [`HEADER_READ_TIMEOUT`] by default; tests shorten them).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Longest wait for a request head.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { max_connections: MAX_CONNECTIONS, header_read_timeout: HEADER_READ_TIMEOUT }
+    }
+}
 
 /// What the endpoint reads.
 #[derive(Clone, Debug)]
@@ -153,12 +185,148 @@ pub async fn serve(
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    serve_with(listener, state, Limits::default(), shutdown).await
+}
+
+/// [`serve`] with explicit [`Limits`].
+pub async fn serve_with(
+    listener: TcpListener,
+    state: HttpState,
+    limits: Limits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt as _;
+
+    let service = hyper_util::service::TowerToHyperService::new(
+        router(state).map_request(|r: axum::http::Request<hyper::body::Incoming>| r.map(axum::body::Body::new)),
+    );
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        // A free slot first, then a connection: beyond the cap, clients
+        // wait in the kernel's backlog rather than in our memory.
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) if is_peer_error(&e) => continue,
+                Err(e) => {
+                    warn!(error = %e, "the metrics endpoint could not accept a connection");
+                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service.clone()));
+        tokio::spawn(async move {
+            // Errors here are the client's (a reset, a slow head): nothing to report.
+            let _ = connection.await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// `accept` errors caused by one peer (it left before we took the
+/// connection): the next `accept` is fine.
+fn is_peer_error(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e.kind(), ConnectionAborted | ConnectionReset | ConnectionRefused)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpStream;
+
+    /// The endpoint with no issuer, on a loopback port, with `limits`.
+    async fn endpoint(limits: Limits) -> (SocketAddr, CancellationToken, JoinHandle<std::io::Result<()>>) {
+        let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
+        let verifier = Arc::new(Verifier::new(crate::verify::Trust::default(), clock.clone()));
+        let readiness = Arc::new(Readiness::new(verifier.clone(), Arc::new(tokio::sync::Notify::new())));
+        let state = HttpState { metrics: Arc::new(Metrics::new(clock, None)), readiness, verifier };
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(serve_with(listener, state, limits, stop.clone().cancelled_owned()));
+        (addr, stop, task)
+    }
+
+    /// Sends `GET /healthz` and reads the answer to its end (the request
+    /// asks the server to close).
+    async fn healthz(conn: &mut TcpStream) -> String {
+        conn.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    /// Reads until the server closes the connection (EOF or reset).
+    async fn closed_by_server(conn: &mut TcpStream) {
+        let mut buf = [0u8; 512];
+        loop {
+            match conn.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_cap_wait_until_one_closes() {
+        let limits = Limits { max_connections: 2, header_read_timeout: Duration::from_secs(60) };
+        let (addr, stop, task) = endpoint(limits).await;
+        // Two connections that send nothing hold both slots.
+        let idle_a = TcpStream::connect(addr).await.unwrap();
+        let mut idle_b = TcpStream::connect(addr).await.unwrap();
+        // Make sure both were taken (the second answers, then stays open).
+        idle_b.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let mut first = [0u8; 15];
+        idle_b.read_exact(&mut first).await.unwrap();
+        assert_eq!(&first, b"HTTP/1.1 200 OK");
+
+        let mut third = TcpStream::connect(addr).await.unwrap(); // the kernel's backlog takes it
+        let waiting = tokio::spawn(async move { healthz(&mut third).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "a third connection was served while two held the cap");
+
+        drop(idle_a);
+        let answer =
+            tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("served once a slot frees").unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        assert!(answer.ends_with("ok\n"), "{answer}");
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_sends_no_request_head_in_time_is_closed() {
+        let limits = Limits { max_connections: 4, header_read_timeout: Duration::from_millis(200) };
+        let (addr, stop, task) = endpoint(limits).await;
+        // Nothing at all, and half a request head (slowloris).
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut partial = TcpStream::connect(addr).await.unwrap();
+        partial.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n").await.unwrap();
+        for conn in [&mut silent, &mut partial] {
+            tokio::time::timeout(Duration::from_secs(10), closed_by_server(conn)).await.expect("closed by the server");
+        }
+        // The endpoint still answers.
+        let mut fresh = TcpStream::connect(addr).await.unwrap();
+        assert!(healthz(&mut fresh).await.starts_with("HTTP/1.1 200 OK"));
+        stop.cancel();
+        task.await.unwrap().unwrap();
+    }
 
     fn accept(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
