@@ -133,6 +133,14 @@ pub struct ServeArgs {
     #[arg(long, env = "INTROSPECT_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration, value_name = "DURATION")]
     pub shutdown_grace: Duration,
 
+    /// Age at which a client connection is asked to go away (HTTP/2 GOAWAY, gRPC's MAX_CONNECTION_AGE): its client reconnects, re-resolves and so spreads over new replicas. off: connections live as long as their clients keep them.
+    #[arg(long, env = "INTROSPECT_MAX_CONNECTION_AGE", default_value = "off", value_parser = parse_optional_duration, value_name = "DURATION|off")]
+    pub max_connection_age: OptionalDuration,
+
+    /// After that GOAWAY, how long calls in progress have before the connection is closed.
+    #[arg(long, env = "INTROSPECT_MAX_CONNECTION_AGE_GRACE", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub max_connection_age_grace: Duration,
+
     /// Tokens remembered after a successful check, so that a token sent again skips its signature check (about 100 bytes each), the most used of them whole (within 128 bytes × this); policy and expiry are still checked on every call. 0 disables the cache.
     #[arg(long, env = "INTROSPECT_TOKEN_CACHE_SIZE", default_value_t = DEFAULT_TOKEN_CACHE_SIZE, value_name = "TOKENS")]
     pub token_cache_size: usize,
@@ -179,6 +187,48 @@ pub fn check_token_cache_size(tokens: usize) -> Result<usize, ConfigError> {
         ));
     }
     Ok(tokens)
+}
+
+/// Housekeeping of client connections on the gRPC listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionSettings {
+    /// Age at which a connection gets GOAWAY; `None`: no limit.
+    pub max_age: Option<Duration>,
+    /// Time left to calls in progress after that GOAWAY.
+    pub max_age_grace: Duration,
+}
+
+impl Default for ConnectionSettings {
+    fn default() -> Self {
+        Self { max_age: None, max_age_grace: DEFAULT_MAX_CONNECTION_AGE_GRACE }
+    }
+}
+
+/// Default of `--max-connection-age-grace`.
+pub const DEFAULT_MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(10);
+
+impl ConnectionSettings {
+    /// From `serve`'s flags, validated.
+    pub fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        if args.max_connection_age.0 == Some(Duration::ZERO) {
+            return Err(ConfigError::new(
+                "--max-connection-age",
+                "0s would close every connection as it opens; give an age such as 10m, or off for no limit",
+            ));
+        }
+        Ok(Self { max_age: args.max_connection_age.0, max_age_grace: args.max_connection_age_grace })
+    }
+}
+
+/// A duration flag that can also be `off`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OptionalDuration(pub Option<Duration>);
+
+fn parse_optional_duration(s: &str) -> Result<OptionalDuration, String> {
+    if s.trim().eq_ignore_ascii_case("off") {
+        return Ok(OptionalDuration(None));
+    }
+    parse_duration(s).map(|d| OptionalDuration(Some(d))).map_err(|e| format!("{e}, or off"))
 }
 
 /// Where the HTTP metrics and probe endpoint listens.
@@ -264,6 +314,8 @@ pub struct Config {
     pub issuers: Vec<IssuerConfig>,
     /// Longest drain after shutdown starts.
     pub shutdown_grace: Duration,
+    /// Client connection housekeeping (max age); flags and environment only.
+    pub connections: ConnectionSettings,
     /// The clock (injected by tests).
     pub clock: Arc<dyn Clock>,
     /// Most verified tokens remembered (0: no token cache).
@@ -286,6 +338,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("issuers", &self.issuers)
             .field("shutdown_grace", &self.shutdown_grace)
+            .field("connections", &self.connections)
             .field("token_cache_size", &self.token_cache_size)
             .field("listen", &self.listen)
             .field("tls", &self.tls)
@@ -301,6 +354,7 @@ impl Config {
         Self {
             issuers,
             shutdown_grace: Duration::from_secs(20),
+            connections: ConnectionSettings::default(),
             clock: Arc::new(SystemClock),
             token_cache_size: DEFAULT_TOKEN_CACHE_SIZE,
             listen: DEFAULT_LISTEN,
@@ -338,6 +392,7 @@ impl Config {
         Ok(Config {
             issuers,
             shutdown_grace: args.shutdown_grace,
+            connections: ConnectionSettings::from_args(args)?,
             clock: Arc::new(SystemClock),
             token_cache_size: check_token_cache_size(args.token_cache_size)?,
             listen: args.listen,
@@ -558,6 +613,28 @@ mod tests {
         }
         let http = Config::from_args(&serve(&["--issuer", "http://clerk.example.com"]).unwrap()).unwrap_err();
         assert!(http.problem.contains("loopback"), "{http}");
+    }
+
+    #[test]
+    fn max_connection_age_is_off_by_default_a_duration_or_off_never_zero() {
+        let config = |extra: &[&str]| {
+            let mut args = vec!["--issuer", "https://a.example.com"];
+            args.extend_from_slice(extra);
+            Config::from_args(&serve(&args).unwrap())
+        };
+        let default = config(&[]).unwrap().connections;
+        assert_eq!(default, ConnectionSettings { max_age: None, max_age_grace: Duration::from_secs(10) });
+        let set = config(&["--max-connection-age", "10m", "--max-connection-age-grace", "30s"]).unwrap().connections;
+        assert_eq!(
+            set,
+            ConnectionSettings { max_age: Some(Duration::from_secs(600)), max_age_grace: Duration::from_secs(30) }
+        );
+        assert_eq!(config(&["--max-connection-age", "OFF"]).unwrap().connections.max_age, None);
+        let zero = config(&["--max-connection-age", "0s"]).unwrap_err();
+        assert_eq!(zero.flag, "--max-connection-age");
+        assert!(zero.problem.contains("off for no limit"), "{zero}");
+        let bad = serve(&["--issuer", "https://a.example.com", "--max-connection-age", "soon"]).unwrap_err();
+        assert!(bad.to_string().contains("or off"), "{bad}");
     }
 
     #[test]

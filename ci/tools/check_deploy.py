@@ -157,6 +157,14 @@ def check_consistency(objects: dict[tuple[str, str], dict]) -> None:
         )
     if "CLERK_ISSUER" not in config:
         problem("config.env: CLERK_ISSUER is required")
+    # Every variable is one the binary reads (a clap `env = "..."` in src/), so a
+    # typo cannot pass silently as an unknown variable.
+    known = {"RUST_LOG"} | {
+        m for f in (REPO / "src").rglob("*.rs") for m in re.findall(r'env = "([A-Z0-9_]+)"', f.read_text())
+    }
+    for key in config:
+        if key not in known:
+            problem(f"config.env: {key} is not a variable clerk-introspect reads")
 
     sc, csc = pod.get("securityContext", {}), container.get("securityContext", {})
     checks = {

@@ -557,6 +557,8 @@ impl<'a> Ctx<'a> {
         Ok(Config {
             issuers: issuers.into_iter().map(|(c, _)| c).collect(),
             shutdown_grace,
+            // Connection housekeeping comes from flags and environment only.
+            connections: super::ConnectionSettings::from_args(args)?,
             clock: Arc::new(SystemClock),
             listen,
             tls,

@@ -99,6 +99,56 @@ async fn drain_finishes_in_flight_calls_and_reports_not_serving() {
     task.await.unwrap().unwrap();
 }
 
+#[tokio::test]
+async fn connections_past_their_max_age_are_sent_away_then_closed() {
+    let key = TestKey::rsa("ins_test");
+    let issuer = TestIssuer::start(vec![key.clone()]).await.unwrap();
+    let mut config = clerk_introspect::config::Config::new(vec![crate::support::issuer_config(&issuer)]);
+    config.connections = clerk_introspect::config::ConnectionSettings {
+        max_age: Some(Duration::from_millis(300)),
+        max_age_grace: Duration::from_millis(300),
+    };
+    let server = Server::start_with(config).await;
+    server.wait_for(ServingStatus::Serving).await;
+    let addr = server.addr;
+
+    // An HTTP/2 client that answers one call, then idles: it gets GOAWAY
+    // and its connection ends, without error (a graceful close).
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client.send_request(request, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "the connection ends gracefully: {ended:?}");
+
+    // A client that never even sends the HTTP/2 preface is closed too.
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        use tokio::io::AsyncReadExt as _;
+        loop {
+            match silent.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a silent connection outlives its max age");
+
+    // New connections are served as before.
+    assert_eq!(server.health(SERVICE).await.unwrap(), ServingStatus::Serving);
+    server.stop().await.unwrap();
+}
+
 fn run_bin(args: &[&str]) -> std::process::Output {
     Command::new(BIN).args(args).env("RUST_LOG", "warn").output().expect("run the binary")
 }
