@@ -4,7 +4,11 @@
 //! same exact issuer match, the same [`parse_jwks`]) and reports what it
 //! found and every problem in plain words.
 //!
-//! Exit code 0 when `serve` would load keys for this issuer, 1 when not.
+//! With `--config FILE` it checks every issuer of a config file, each with
+//! its own key source, as `serve --config FILE` would load them.
+//!
+//! Exit code 0 when `serve` would load keys for this issuer (for every
+//! issuer of the file), 1 when not.
 
 use std::time::{Duration, Instant};
 
@@ -25,13 +29,18 @@ pub struct CheckIssuerArgs {
     /// The issuer (the Clerk Frontend API URL), or a publishable key to derive it from.
     #[arg(
         value_name = "URL",
+        required_unless_present = "config",
         help = "The issuer: your Clerk Frontend API URL (https://clerk.<your-domain>, or https://<slug>.clerk.accounts.dev in development). A publishable key (pk_live_… / pk_test_…) works too: the issuer is derived from it."
     )]
-    pub issuer: String,
+    pub issuer: Option<String>,
 
     /// Fetch the keys from this JWKS URL instead of discovery (as jwks_uri in the config file).
     #[arg(long, value_name = "URL")]
     pub jwks_uri: Option<String>,
+
+    /// Check every issuer of this config file instead, each with its own key source and refresh interval, as serve --config would load them (the environment applies as it does to serve).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["issuer", "jwks_uri", "refresh_interval"])]
+    pub config: Option<std::path::PathBuf>,
 
     /// The refresh interval serve would use when the JWKS has no max-age (as --refresh-interval).
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
@@ -86,6 +95,8 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// Time taken by the fetches.
     pub elapsed: Duration,
+    /// The keys are given in the config file (nothing fetched).
+    pub static_keys: bool,
 }
 
 impl Report {
@@ -109,11 +120,60 @@ pub fn issuer_from_publishable_key(key: &str) -> Option<String> {
         .then(|| format!("https://{host}"))
 }
 
-/// Runs the checks (network: discovery and JWKS, as `serve`).
+/// Runs the checks (network: discovery and JWKS, as `serve`) for the
+/// issuer on the command line.
 pub async fn check(args: &CheckIssuerArgs) -> Report {
+    check_one(args.issuer.as_deref().unwrap_or_default(), args.jwks_uri.as_deref(), args.refresh_interval).await
+}
+
+/// Checks every issuer of the config file at `path`, as `serve --config`
+/// loads it: each with its key source (discovery, `jwks_uri`, or static
+/// keys, which are listed without any fetch) and its refresh interval.
+pub async fn check_config(path: &std::path::Path) -> Result<Vec<Report>, crate::config::ConfigError> {
+    use crate::config::ConfigError;
+    use crate::config::file::{CommandLine, Source};
+    use crate::keys::KeySource;
+    let cli = CommandLine::parse_from([std::ffi::OsString::from("--config"), path.as_os_str().to_owned()])
+        .map_err(|e| ConfigError::new("--config", e.to_string().trim_end().to_owned()))?;
+    let config = Source::new(path.to_path_buf(), cli).load()?;
+    let mut reports = Vec::with_capacity(config.issuers.len());
+    for issuer in &config.issuers {
+        reports.push(match &issuer.source {
+            KeySource::Discovery => check_one(&issuer.issuer, None, issuer.refresh.interval).await,
+            KeySource::JwksUri(uri) => check_one(&issuer.issuer, Some(uri), issuer.refresh.interval).await,
+            KeySource::Static(keys) => static_report(&issuer.issuer, keys),
+        });
+    }
+    Ok(reports)
+}
+
+/// The report of an issuer whose keys are in the config file.
+fn static_report(issuer: &str, keys: &[std::sync::Arc<crate::keys::jwk::VerificationKey>]) -> Report {
+    let mut r = Report { issuer: issuer.to_owned(), static_keys: true, ..Report::default() };
+    r.keys = keys.iter().map(|key| key_row(key, None)).collect();
+    if keys.is_empty() {
+        r.problems.push("the config file gives no usable key for this issuer".into());
+    } else if !keys.iter().any(|k| k.supports(Algorithm::RS256)) {
+        r.warnings.push("no key can verify RS256, which Clerk signs session tokens with".into());
+    }
+    r
+}
+
+fn key_row(key: &crate::keys::jwk::VerificationKey, use_: Option<String>) -> KeyRow {
+    KeyRow {
+        kid: key.kid().map(|k| truncate(k, 64)),
+        key_type: key.family().as_str(),
+        rsa_bits: key.rsa_bits(),
+        alg: key.jwk_alg().map(|a| a.as_str().to_owned()),
+        use_,
+        verifies: key.algorithms().to_string(),
+    }
+}
+
+async fn check_one(issuer: &str, jwks_uri: Option<&str>, refresh_interval: Duration) -> Report {
     let started = Instant::now();
     let mut r = Report::default();
-    let given = args.issuer.trim();
+    let given = issuer.trim();
     r.issuer = match issuer_from_publishable_key(given) {
         Some(issuer) => {
             r.derived_from = Some("the publishable key".to_owned());
@@ -160,13 +220,13 @@ pub async fn check(args: &CheckIssuerArgs) -> Report {
             return r;
         }
     };
-    let jwks_uri = match &args.jwks_uri {
+    let jwks_uri = match jwks_uri {
         Some(uri) => {
             if let Err(why) = check_key_url(uri) {
-                r.problems.push(format!("--jwks-uri {uri}: {why}"));
+                r.problems.push(format!("jwks_uri {uri}: {why}"));
                 return r;
             }
-            uri.clone()
+            uri.to_owned()
         }
         None => {
             r.discovery_url = Some(discovery_url(&r.issuer));
@@ -197,12 +257,12 @@ pub async fn check(args: &CheckIssuerArgs) -> Report {
     };
     r.elapsed = started.elapsed();
     r.cache_control = body.cache_control.clone();
-    let interval = body.max_age.map_or(args.refresh_interval, |age| age.clamp(MIN_REFRESH, MAX_REFRESH));
+    let interval = body.max_age.map_or(refresh_interval, |age| age.clamp(MIN_REFRESH, MAX_REFRESH));
     r.refresh_every = Some(interval);
     match (&body.cache_control, body.max_age) {
         (None, _) | (Some(_), None) => r.warnings.push(format!(
             "the JWKS response has no Cache-Control max-age: serve refreshes every {} (--refresh-interval)",
-            humantime::format_duration(args.refresh_interval)
+            humantime::format_duration(refresh_interval)
         )),
         (Some(_), Some(age)) if age != interval => r.warnings.push(format!(
             "max-age {} s is outside 1 min..1 h: serve refreshes every {} instead",
@@ -230,14 +290,7 @@ pub async fn check(args: &CheckIssuerArgs) -> Report {
             .map(|s| truncate(s, 32))
     };
     for key in &parsed.keys {
-        r.keys.push(KeyRow {
-            kid: key.kid().map(|k| truncate(k, 64)),
-            key_type: key.family().as_str(),
-            rsa_bits: key.rsa_bits(),
-            alg: key.jwk_alg().map(|a| a.as_str().to_owned()),
-            use_: member(key.kid(), "use"),
-            verifies: key.algorithms().to_string(),
-        });
+        r.keys.push(key_row(key, member(key.kid(), "use")));
         if key.kid().is_none() {
             r.warnings.push(
                 "a key has no kid: tokens without a kid can be verified only while it is the only key for their algorithm"
@@ -270,6 +323,9 @@ pub fn render_text(r: &Report) -> String {
         (Some(url), Some(false)) => rows.push(("discovery".to_owned(), format!("{url}: issuer DOES NOT match"))),
         (Some(url), None) => rows.push(("discovery".to_owned(), format!("{url}: failed"))),
         (None, _) if r.jwks_uri.is_some() => rows.push(("discovery".to_owned(), "skipped (--jwks-uri)".to_owned())),
+        (None, _) if r.static_keys => {
+            rows.push(("keys".to_owned(), "from the config file (nothing fetched)".to_owned()))
+        }
         (None, _) => {}
     }
     if let Some(uri) = &r.jwks_uri {
@@ -288,7 +344,7 @@ pub fn render_text(r: &Report) -> String {
         rows.push(("fetched in".to_owned(), format!("{} ms", r.elapsed.as_millis())));
     }
     let mut out = table(&rows);
-    if r.jwks_uri.is_some() {
+    if r.jwks_uri.is_some() || r.static_keys {
         out.push_str(&format!("\nkeys ({} usable)\n", r.keys.len()));
         for k in &r.keys {
             let bits = if k.rsa_bits > 0 { format!(" {} bit", k.rsa_bits) } else { String::new() };
@@ -326,6 +382,10 @@ pub fn render_text(r: &Report) -> String {
 
 /// The report as JSON.
 pub fn render_json(r: &Report) -> String {
+    serde_json::to_string_pretty(&json_value(r)).unwrap_or_default()
+}
+
+fn json_value(r: &Report) -> Value {
     let keys: Vec<Value> = r
         .keys
         .iter()
@@ -334,7 +394,7 @@ pub fn render_json(r: &Report) -> String {
                 "alg": k.alg, "use": k.use_, "verifies": k.verifies})
         })
         .collect();
-    let value = json!({
+    json!({
         "issuer": r.issuer,
         "derived_from": r.derived_from,
         "discovery_url": r.discovery_url,
@@ -346,13 +406,43 @@ pub fn render_json(r: &Report) -> String {
         "skipped": r.skipped,
         "warnings": r.warnings,
         "problems": r.problems,
+        "static_keys": r.static_keys,
         "ok": r.ok(),
-    });
-    serde_json::to_string_pretty(&value).unwrap_or_default()
+    })
 }
 
-/// Runs the command: prints the report, returns the exit code.
+/// Runs the command: prints the report (or one per issuer of `--config`),
+/// returns the exit code.
 pub async fn run(args: &CheckIssuerArgs) -> u8 {
+    if let Some(path) = &args.config {
+        let reports = match check_config(path).await {
+            Ok(reports) => reports,
+            Err(e) => {
+                eprintln!("clerk-introspect: invalid configuration: {e}");
+                return 1;
+            }
+        };
+        let ok = reports.iter().all(Report::ok);
+        if args.json {
+            let all: Vec<Value> = reports.iter().map(json_value).collect();
+            let value = json!({"config": path.display().to_string(), "issuers": all, "ok": ok});
+            println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+        } else {
+            for (i, report) in reports.iter().enumerate() {
+                if i > 0 {
+                    println!();
+                }
+                println!(
+                    "== issuer {} of {} ({}) ==",
+                    i + 1,
+                    reports.len(),
+                    if report.ok() { "ok" } else { "PROBLEMS" }
+                );
+                print!("{}", render_text(report));
+            }
+        }
+        return if ok { 0 } else { 1 };
+    }
     let report = check(args).await;
     if args.json {
         println!("{}", render_json(&report));

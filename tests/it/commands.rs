@@ -225,6 +225,74 @@ async fn check_issuer_names_every_problem() {
     }
 }
 
+#[tokio::test]
+async fn check_issuer_checks_every_issuer_of_a_config_file() {
+    let a = TestIssuer::start(vec![TestKey::rsa("ins_a")]).await.unwrap();
+    let b = TestIssuer::start(vec![TestKey::rsa("ins_b")]).await.unwrap();
+    let fixed = TestKey::rsa("ins_fixed");
+    let dir = crate::scratch::Scratch::new();
+    dir.write("fixed.json", &json!({"keys": [fixed.jwk()]}).to_string());
+    let config = dir.write(
+        "config.toml",
+        &format!(
+            "[[issuers]]\nissuer = \"{}\"\n\n[[issuers]]\nissuer = \"{}\"\njwks_uri = \"{}\"\n\n[[issuers]]\nissuer = \"https://clerk.fixed.example.com\"\njwks_file = \"fixed.json\"\n",
+            a.issuer(),
+            b.issuer(),
+            b.jwks_uri()
+        ),
+    );
+    let config = config.to_str().unwrap();
+
+    // The second issuer's JWKS is down: exit 1, and each issuer has its report.
+    b.set_up(false);
+    let discovery = b.discovery_requests();
+    let out = run_bin(&["check-issuer", "--config", config], None).await;
+    assert_eq!(code(&out), Some(1), "{}{}", stdout(&out), stderr(&out));
+    let text = stdout(&out);
+    for want in [
+        "== issuer 1 of 3 (ok) ==",
+        "issuer matches exactly",
+        "== issuer 2 of 3 (PROBLEMS) ==",
+        "skipped (--jwks-uri)",
+        "answered HTTP 503",
+        "== issuer 3 of 3 (ok) ==",
+        "from the config file (nothing fetched)",
+        "kid ins_fixed  RSA 2048 bit  alg RS256",
+    ] {
+        assert!(text.contains(want), "{want} in:\n{text}");
+    }
+    assert_eq!(b.discovery_requests(), discovery, "jwks_uri skips discovery, as serve does");
+
+    let out = run_bin(&["check-issuer", "--json", "--config", config], None).await;
+    let report = json_out(&out);
+    assert_eq!(report["ok"], false);
+    let issuers = report["issuers"].as_array().unwrap();
+    assert_eq!(issuers.len(), 3);
+    assert_eq!(
+        (issuers[0]["ok"].clone(), issuers[1]["ok"].clone(), issuers[2]["ok"].clone()),
+        (json!(true), json!(false), json!(true))
+    );
+    assert_eq!(issuers[0]["issuer"], a.issuer());
+    assert_eq!(issuers[2]["static_keys"], true);
+    assert_eq!(issuers[2]["keys"][0]["kid"], "ins_fixed");
+
+    // All loadable: exit 0.
+    b.set_up(true);
+    let out = run_bin(&["check-issuer", "--config", config], None).await;
+    assert_eq!(code(&out), Some(0), "{}", stdout(&out));
+
+    // A config serve would refuse is refused here, with serve's words.
+    let bad = dir.write("bad.toml", "[[issuers]]\nissuer = \"http://clerk.example.com\"\n");
+    let out = run_bin(&["check-issuer", "--config", bad.to_str().unwrap()], None).await;
+    assert_eq!(code(&out), Some(1));
+    let err = stderr(&out);
+    assert!(err.starts_with("clerk-introspect: invalid configuration: "), "{err}");
+    assert!(err.contains("bad.toml:2: issuers[0].issuer: http://clerk.example.com uses plain http"), "{err}");
+    // Either one issuer or a file, not both.
+    let out = run_bin(&["check-issuer", "--config", config, a.issuer()], None).await;
+    assert_eq!(code(&out), Some(2), "{}", stderr(&out));
+}
+
 // === demo ===
 
 #[tokio::test]
