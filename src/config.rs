@@ -70,7 +70,7 @@ pub struct ServeArgs {
     #[arg(long, env = "INTROSPECT_LISTEN", default_value = "0.0.0.0:50051", value_name = "ADDR")]
     pub listen: SocketAddr,
 
-    /// A trusted issuer (repeatable), e.g. https://clerk.example.com. Keys come from URL/.well-known/openid-configuration → jwks_uri. https is required except on a loopback host.
+    /// A trusted issuer (repeatable), e.g. `https://clerk.example.com`. Keys come from `URL/.well-known/openid-configuration` → `jwks_uri`. https is required except on a loopback host.
     #[arg(long = "issuer", env = "CLERK_ISSUER", value_delimiter = ',', value_name = "URL")]
     pub issuers: Vec<String>,
 

@@ -23,7 +23,7 @@ pub struct AuthzArgs {
     #[arg(long = "authz-token-header", env = "INTROSPECT_AUTHZ_TOKEN_HEADER", default_value = DEFAULT_TOKEN_HEADER, value_name = "NAME")]
     pub token_header: String,
 
-    /// ext_authz: cookie read when the header carries no token: Clerk's __session, also in its suffixed form NAME_<suffix>.
+    /// ext_authz: cookie read when the header carries no token: Clerk's __session, also in its suffixed form `NAME_<suffix>`.
     #[arg(long = "authz-session-cookie", env = "INTROSPECT_AUTHZ_SESSION_COOKIE", default_value = DEFAULT_SESSION_COOKIE, value_name = "NAME")]
     pub session_cookie: String,
 
@@ -31,7 +31,7 @@ pub struct AuthzArgs {
     #[arg(long = "authz-no-cookie", env = "INTROSPECT_AUTHZ_NO_COOKIE")]
     pub no_cookie: bool,
 
-    /// ext_authz: identity headers set on allowed requests (repeatable), FIELD or FIELD=HEADER; FIELD is user-id, session-id, org-id, org-role, org-slug, role, authorized-party or issuer. Given at all, it replaces the default set: user-id, session-id, org-id, org-role, role as x-clerk-<field>.
+    /// ext_authz: identity headers set on allowed requests (repeatable), FIELD or FIELD=HEADER; FIELD is user-id, session-id, org-id, org-role, org-slug, role, authorized-party or issuer. Given at all, it replaces the default set: user-id, session-id, org-id, org-role, role as `x-clerk-<field>`.
     #[arg(
         long = "authz-identity-header",
         env = "INTROSPECT_AUTHZ_IDENTITY_HEADERS",
