@@ -322,7 +322,9 @@ pub fn render_text(r: &Report) -> String {
         (Some(url), Some(true)) => rows.push(("discovery".to_owned(), format!("{url}: issuer matches exactly"))),
         (Some(url), Some(false)) => rows.push(("discovery".to_owned(), format!("{url}: issuer DOES NOT match"))),
         (Some(url), None) => rows.push(("discovery".to_owned(), format!("{url}: failed"))),
-        (None, _) if r.jwks_uri.is_some() => rows.push(("discovery".to_owned(), "skipped (a fixed jwks_uri)".to_owned())),
+        (None, _) if r.jwks_uri.is_some() => {
+            rows.push(("discovery".to_owned(), "skipped (a fixed jwks_uri)".to_owned()))
+        }
         (None, _) if r.static_keys => {
             rows.push(("keys".to_owned(), "from the config file (nothing fetched)".to_owned()))
         }
