@@ -389,8 +389,9 @@ async fn run(args: Args) -> Result<(), Error> {
             t.prime(VERIFY, &es_bodies).await;
             rows.push(t.closed(&format!("Verify {d} ES256 tokens (cached)"), VERIFY, &es_bodies, &args, &a).await);
         }
+        // The hot token's closed-loop peak: the open-loop passes' rates are fractions of it.
+        let peak = find(&rows, "Verify hot token (cached)").map_or(f64::NAN, |s| s.rate());
         if args.wants("half") {
-            let peak = find(&rows, "Verify hot token (cached)").map_or(f64::NAN, |s| s.rate());
             let name = format!("Verify hot token at {pct} % of its peak");
             rows.push(t.open(&name, VERIFY, &hot, peak * args.fraction, &args, &a).await);
             // The transport's own latency at the same rate: the baseline the
@@ -407,11 +408,8 @@ async fn run(args: Args) -> Result<(), Error> {
                 half_rounds.push((health.percentile(0.99) * 1e3, verify.percentile(0.99) * 1e3));
             }
         }
-        if args.wants("ladder") {
-            let peak = find(&rows, "Verify hot token (cached)").map_or(f64::NAN, |s| s.rate());
-            if peak.is_finite() {
-                ladder = Some((peak, t.ladder(&health, &hot, peak, &args, &a).await));
-            }
+        if args.wants("ladder") && peak.is_finite() {
+            ladder = Some((peak, t.ladder(&health, &hot, peak, &args, &a).await));
         }
         if args.wants("rss") {
             eprintln!("verifying {} distinct ES256 tokens for the RSS reading…", es_all.len());

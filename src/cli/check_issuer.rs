@@ -147,16 +147,19 @@ pub async fn check_config(path: &std::path::Path) -> Result<Vec<Report>, crate::
     Ok(reports)
 }
 
-/// The report of an issuer whose keys are in the config file.
+/// The report of an issuer whose keys are in the config file (loading the
+/// file already refused a key source without a usable key).
 fn static_report(issuer: &str, keys: &[std::sync::Arc<crate::keys::jwk::VerificationKey>]) -> Report {
     let mut r = Report { issuer: issuer.to_owned(), static_keys: true, ..Report::default() };
     r.keys = keys.iter().map(|key| key_row(key, None)).collect();
-    if keys.is_empty() {
-        r.problems.push("the config file gives no usable key for this issuer".into());
-    } else if !keys.iter().any(|k| k.supports(Algorithm::RS256)) {
-        r.warnings.push("no key can verify RS256, which Clerk signs session tokens with".into());
-    }
+    r.warnings.extend(without_rs256(keys.iter().map(|k| &**k)));
     r
+}
+
+/// The warning for a key set that cannot verify RS256, if it cannot.
+fn without_rs256<'a>(mut keys: impl Iterator<Item = &'a crate::keys::jwk::VerificationKey>) -> Option<String> {
+    (!keys.any(|k| k.supports(Algorithm::RS256)))
+        .then(|| "no key can verify RS256, which Clerk signs session tokens with; is this a Clerk issuer?".to_owned())
 }
 
 fn key_row(key: &crate::keys::jwk::VerificationKey, use_: Option<String>) -> KeyRow {
@@ -305,10 +308,7 @@ async fn check_one(issuer: &str, jwks_uri: Option<&str>, refresh_interval: Durat
             s.reason
         ));
     }
-    if !parsed.keys.iter().any(|k| k.supports(Algorithm::RS256)) {
-        r.warnings
-            .push("no key can verify RS256, which Clerk signs session tokens with; is this a Clerk issuer?".into());
-    }
+    r.warnings.extend(without_rs256(parsed.keys.iter().map(|k| &**k)));
     r
 }
 
