@@ -141,6 +141,10 @@ pub struct ServeArgs {
     #[arg(long, env = "INTROSPECT_MAX_CONNECTION_AGE_GRACE", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub max_connection_age_grace: Duration,
 
+    /// Time a new connection has, from its accept, to complete the TLS handshake (with TLS) and send the HTTP/2 connection preface; a connection that has not is closed.
+    #[arg(long, env = "INTROSPECT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub handshake_timeout: Duration,
+
     /// Tokens remembered after a successful check, so that a token sent again skips its signature check (about 100 bytes each), the most used of them whole (within 128 bytes × this); policy and expiry are still checked on every call. 0 disables the cache.
     #[arg(long, env = "INTROSPECT_TOKEN_CACHE_SIZE", default_value_t = DEFAULT_TOKEN_CACHE_SIZE, value_name = "TOKENS")]
     pub token_cache_size: usize,
@@ -196,11 +200,17 @@ pub struct ConnectionSettings {
     pub max_age: Option<Duration>,
     /// Time left to calls in progress after that GOAWAY.
     pub max_age_grace: Duration,
+    /// Time from accept to a completed TLS handshake and HTTP/2 preface.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for ConnectionSettings {
     fn default() -> Self {
-        Self { max_age: None, max_age_grace: DEFAULT_MAX_CONNECTION_AGE_GRACE }
+        Self {
+            max_age: None,
+            max_age_grace: DEFAULT_MAX_CONNECTION_AGE_GRACE,
+            handshake_timeout: crate::handshake::DEFAULT_HANDSHAKE_TIMEOUT,
+        }
     }
 }
 
@@ -216,7 +226,17 @@ impl ConnectionSettings {
                 "0s would close every connection as it opens; give an age such as 10m, or off for no limit",
             ));
         }
-        Ok(Self { max_age: args.max_connection_age.0, max_age_grace: args.max_connection_age_grace })
+        if args.handshake_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "--handshake-timeout",
+                "0s would close every connection before it could say anything; the default is 10s",
+            ));
+        }
+        Ok(Self {
+            max_age: args.max_connection_age.0,
+            max_age_grace: args.max_connection_age_grace,
+            handshake_timeout: args.handshake_timeout,
+        })
     }
 }
 
@@ -623,11 +643,25 @@ mod tests {
             Config::from_args(&serve(&args).unwrap())
         };
         let default = config(&[]).unwrap().connections;
-        assert_eq!(default, ConnectionSettings { max_age: None, max_age_grace: Duration::from_secs(10) });
-        let set = config(&["--max-connection-age", "10m", "--max-connection-age-grace", "30s"]).unwrap().connections;
+        assert_eq!(
+            default,
+            ConnectionSettings {
+                max_age: None,
+                max_age_grace: Duration::from_secs(10),
+                handshake_timeout: Duration::from_secs(10)
+            }
+        );
+        let set =
+            config(&["--max-connection-age", "10m", "--max-connection-age-grace", "30s", "--handshake-timeout", "3s"])
+                .unwrap()
+                .connections;
         assert_eq!(
             set,
-            ConnectionSettings { max_age: Some(Duration::from_secs(600)), max_age_grace: Duration::from_secs(30) }
+            ConnectionSettings {
+                max_age: Some(Duration::from_secs(600)),
+                max_age_grace: Duration::from_secs(30),
+                handshake_timeout: Duration::from_secs(3)
+            }
         );
         assert_eq!(config(&["--max-connection-age", "OFF"]).unwrap().connections.max_age, None);
         let zero = config(&["--max-connection-age", "0s"]).unwrap_err();
@@ -635,6 +669,8 @@ mod tests {
         assert!(zero.problem.contains("off for no limit"), "{zero}");
         let bad = serve(&["--issuer", "https://a.example.com", "--max-connection-age", "soon"]).unwrap_err();
         assert!(bad.to_string().contains("or off"), "{bad}");
+        let zero = config(&["--handshake-timeout", "0s"]).unwrap_err();
+        assert_eq!(zero.flag, "--handshake-timeout");
     }
 
     #[test]

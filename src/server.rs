@@ -230,11 +230,15 @@ pub async fn serve(
     let mut server = match app.tls.clone() {
         None => {
             let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let incoming = crate::handshake::plaintext(incoming, app.connections.handshake_timeout);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, drain_signal))
         }
         Some(tls) => {
             info!(mtls = tls.requires_client_certificates(), "TLS on the gRPC listener");
-            tokio::spawn(router.serve_with_incoming_shutdown(crate::tls::incoming(listener, tls), drain_signal))
+            tokio::spawn(router.serve_with_incoming_shutdown(
+                crate::tls::incoming(listener, tls, app.connections.handshake_timeout),
+                drain_signal,
+            ))
         }
     };
     info!(%addr, "serving gRPC");

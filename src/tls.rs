@@ -4,7 +4,8 @@
 //!
 //! Plaintext stays the default (service-mesh sidecars terminate TLS
 //! themselves). With TLS, every accepted TCP connection is handed to its own
-//! task for the handshake, bounded in time ([`HANDSHAKE_TIMEOUT`]) and in
+//! task for the handshake, bounded in time (`--handshake-timeout`, which
+//! also covers the HTTP/2 preface after it: [`crate::handshake`]) and in
 //! number ([`MAX_PENDING_HANDSHAKES`]), so a slow or silent client never
 //! holds up the accept loop. Only completed handshakes reach tonic.
 //!
@@ -24,6 +25,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -33,8 +35,8 @@ use tokio_rustls::server::TlsStream;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info, warn};
 
-/// Longest time a client may take to complete the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::handshake::PrefaceDeadline;
+
 /// Most handshakes in progress at once; further connections wait in the
 /// kernel's accept queue.
 pub const MAX_PENDING_HANDSHAKES: usize = 1024;
@@ -282,17 +284,31 @@ fn build(files: &TlsFiles) -> Result<(ServerConfig, u64), TlsError> {
     Ok((config, fingerprint))
 }
 
+/// A TLS connection that still has to send the HTTP/2 preface by the
+/// deadline set at its accept.
+pub type Connection = PrefaceDeadline<TlsStream<TcpStream>>;
+
 /// The stream of TLS connections tonic serves: TCP connections accepted on
-/// `listener`, each handshaken in its own task. The accept loop stops (and
-/// the listener closes) as soon as the stream is dropped, which tonic does
-/// when the drain starts.
-pub fn incoming(listener: TcpListener, tls: Arc<TlsState>) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+/// `listener`, each handshaken in its own task; `timeout`, from the accept,
+/// bounds the TLS handshake and then the HTTP/2 preface. The accept loop
+/// stops (and the listener closes) as soon as the stream is dropped, which
+/// tonic does when the drain starts.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Arc<TlsState>,
+    timeout: Duration,
+) -> ReceiverStream<io::Result<Connection>> {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(accept_loop(listener, tls, tx));
+    tokio::spawn(accept_loop(listener, tls, timeout, tx));
     ReceiverStream::new(rx)
 }
 
-async fn accept_loop(listener: TcpListener, tls: Arc<TlsState>, tx: mpsc::Sender<io::Result<TlsStream<TcpStream>>>) {
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Arc<TlsState>,
+    timeout: Duration,
+    tx: mpsc::Sender<io::Result<Connection>>,
+) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
         let permit = tokio::select! {
@@ -316,26 +332,32 @@ async fn accept_loop(listener: TcpListener, tls: Arc<TlsState>, tx: mpsc::Sender
             }
         };
         let _ = tcp.set_nodelay(true);
+        let deadline = Instant::now() + timeout;
         let acceptor = tls.acceptor();
         let tx = tx.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            if let Some(stream) = handshake(acceptor, tcp, peer).await {
-                let _ = tx.send(Ok(stream)).await;
+            if let Some(stream) = handshake(acceptor, tcp, peer, deadline).await {
+                let _ = tx.send(Ok(PrefaceDeadline::new(stream, deadline, Some(peer)))).await;
             }
         });
     }
 }
 
-async fn handshake(acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) -> Option<TlsStream<TcpStream>> {
-    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+async fn handshake(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<TlsStream<TcpStream>> {
+    match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
         Ok(Ok(stream)) => Some(stream),
         Ok(Err(e)) => {
             debug!(%peer, error = %e, "TLS handshake refused");
             None
         }
         Err(_) => {
-            debug!(%peer, timeout = ?HANDSHAKE_TIMEOUT, "TLS handshake timed out");
+            debug!(%peer, "TLS handshake timed out");
             None
         }
     }

@@ -15,7 +15,7 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-use crate::support::{SERVICE, Server};
+use crate::support::{SERVICE, Server, closed_by_server, raw_health_check};
 
 const BIN: &str = env!("CARGO_BIN_EXE_clerk-introspect");
 
@@ -107,6 +107,8 @@ async fn connections_past_their_max_age_are_sent_away_then_closed() {
     config.connections = clerk_introspect::config::ConnectionSettings {
         max_age: Some(Duration::from_millis(300)),
         max_age_grace: Duration::from_millis(300),
+        // Longer than the guards below: the max age is what closes them.
+        handshake_timeout: Duration::from_secs(60),
     };
     let server = Server::start_with(config).await;
     server.wait_for(ServingStatus::Serving).await;
@@ -146,6 +148,35 @@ async fn connections_past_their_max_age_are_sent_away_then_closed() {
 
     // New connections are served as before.
     assert_eq!(server.health(SERVICE).await.unwrap(), ServingStatus::Serving);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn connections_that_send_no_http2_preface_in_time_are_closed() {
+    use tokio::io::AsyncWriteExt as _;
+    let key = TestKey::rsa("ins_test");
+    let issuer = TestIssuer::start(vec![key.clone()]).await.unwrap();
+    let mut config = clerk_introspect::config::Config::new(vec![crate::support::issuer_config(&issuer)]);
+    config.connections.handshake_timeout = Duration::from_millis(500);
+    assert_eq!(config.connections.max_age, None, "no max age to close them instead");
+    let server = Server::start_with(config).await;
+    server.wait_for(ServingStatus::Serving).await;
+
+    let silent = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(closed_by_server(silent).await, "a silent connection stays open");
+    let mut halfway = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    halfway.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+    assert!(closed_by_server(halfway).await, "a connection that sent half the preface stays open");
+
+    // A client that sent its preface, then idles past the timeout, is
+    // still served on the same connection.
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let connection = tokio::spawn(connection);
+    assert_eq!(raw_health_check(&mut client, server.addr).await, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(raw_health_check(&mut client, server.addr).await, 200);
+    assert!(!connection.is_finished());
     server.stop().await.unwrap();
 }
 

@@ -21,7 +21,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::scratch::{Pki, Scratch, ServeProcess, run_bin, stderr, stdout};
-use crate::support::{POLL, READY_TIMEOUT, Server};
+use crate::support::{POLL, READY_TIMEOUT, Server, closed_by_server, raw_health_check};
 
 const ISSUER: &str = "https://clerk.tls.example.com";
 
@@ -99,8 +99,12 @@ async fn tls_serves_grpc_and_refuses_plaintext() {
     assert!(channel(&server, &stranger.ca, None).await.is_err());
 }
 
-/// A raw rustls client: the handshake itself, without gRPC.
-async fn raw_handshake(server: &Server, ca: &str, identity: Option<(&str, &str)>) -> Result<(), String> {
+/// A raw rustls client's connection: the handshake itself, without gRPC.
+async fn tls_connect(
+    server: &Server,
+    ca: &str,
+    identity: Option<(&str, &str)>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -124,11 +128,17 @@ async fn raw_handshake(server: &Server, ca: &str, identity: Option<(&str, &str)>
     config.alpn_protocols = vec![b"h2".to_vec()];
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let mut stream = connector
+    let stream = connector
         .connect(ServerName::try_from("localhost").unwrap(), tcp)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "ALPN h2");
+    Ok(stream)
+}
+
+/// [`tls_connect`], then the server's first answer.
+async fn raw_handshake(server: &Server, ca: &str, identity: Option<(&str, &str)>) -> Result<(), String> {
+    let mut stream = tls_connect(server, ca, identity).await?;
     // With TLS 1.3 the server judges the client certificate after the
     // client's Finished: a refusal arrives as an alert on the first read.
     // A server that accepted us sends its HTTP/2 SETTINGS.
@@ -216,6 +226,36 @@ async fn a_silent_client_does_not_hold_up_other_handshakes() {
     wait_serving(&tls).await;
     assert!(verify(&tls, &token(&key)).await.unwrap());
     drop(silent);
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_no_http2_preface_after_its_handshake_is_closed() {
+    let dir = Scratch::new();
+    let pki = Pki::new("preface");
+    pki.write(&dir, "");
+    let key = TestKey::rsa("ins_preface");
+    let mut config = Config::new(vec![static_issuer(&key)]);
+    config.tls = Some(TlsFiles { cert: dir.path("server.crt"), key: dir.path("server.key"), client_ca: None });
+    config.connections.handshake_timeout = Duration::from_millis(500);
+    let server = Server::start_with(config).await;
+
+    // A completed TLS handshake, then silence: the server's SETTINGS come,
+    // then the close.
+    let after_tls = tls_connect(&server, &pki.ca, None).await.unwrap();
+    assert!(closed_by_server(after_tls).await, "a TLS connection without a preface stays open");
+    // No handshake at all.
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    assert!(closed_by_server(tcp).await, "a silent TCP connection stays open");
+
+    // A client that sent its preface, then idles past the timeout, is
+    // still served on the same connection.
+    let stream = tls_connect(&server, &pki.ca, None).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(stream).await.unwrap();
+    let connection = tokio::spawn(connection);
+    assert_eq!(raw_health_check(&mut client, server.addr).await, 200);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(raw_health_check(&mut client, server.addr).await, 200);
+    assert!(!connection.is_finished());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -167,3 +167,35 @@ impl Server {
         self.task
     }
 }
+
+/// One `grpc.health.v1.Health/Check` for service `""` over a raw HTTP/2
+/// connection (no reconnects behind the test's back, unlike a `Channel`);
+/// the HTTP status of the answer.
+pub async fn raw_health_check(client: &mut h2::client::SendRequest<bytes::Bytes>, addr: SocketAddr) -> u16 {
+    let mut ready = client.clone().ready().await.expect("the connection is still open");
+    let request = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = ready.send_request(request, false).unwrap();
+    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).unwrap();
+    *client = ready;
+    response.await.expect("an answer on the same connection").status().as_u16()
+}
+
+/// Reads until the server closes the connection (end of stream or an
+/// error): true if it did within 10 s (a guard against a hang, not a timing
+/// assertion).
+pub async fn closed_by_server(mut stream: impl tokio::io::AsyncRead + Unpin) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 256];
+    let read_to_end = async {
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read_to_end).await.is_ok()
+}
