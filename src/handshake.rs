@@ -10,8 +10,9 @@
 //! server option (120 s by default); a verifier that answers in
 //! microseconds needs far less, hence 10 s by default.
 //!
-//! [`PrefaceDeadline`] wraps the connection's stream: until the 24 bytes of
-//! the preface have been read, a read that would wait past the deadline
+//! [`PrefaceDeadline`] wraps the connection's stream: until the preface
+//! (its 24 fixed octets and the header of the client's first SETTINGS
+//! frame) has been read, a read that would wait past the deadline
 //! fails with [`io::ErrorKind::TimedOut`], which ends the connection. After
 //! the preface it only forwards (one branch per read), so established
 //! connections pay nothing for it.
@@ -33,10 +34,12 @@ use tracing::debug;
 /// Default of `--handshake-timeout`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Length of the HTTP/2 client connection preface,
-/// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n` (RFC 9113, section 3.4). hyper checks
-/// its contents; the deadline only needs to know when it has arrived.
-pub const PREFACE_LEN: usize = 24;
+/// Length of the HTTP/2 client connection preface as the deadline counts
+/// it: the 24 octets `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n` and the 9-octet
+/// header of the SETTINGS frame that must follow them (RFC 9113, section
+/// 3.4). hyper checks their contents; the deadline only needs to know when
+/// they have arrived.
+pub const PREFACE_LEN: usize = 24 + 9;
 
 /// A client's stream, closed if the HTTP/2 preface has not been read by a
 /// deadline (see the [module docs](self)).
@@ -149,7 +152,8 @@ mod tests {
 
     use super::*;
 
-    const PREFACE: &[u8; PREFACE_LEN] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    /// The fixed octets, then an empty SETTINGS frame.
+    const PREFACE: &[u8; PREFACE_LEN] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0";
     const TIMEOUT: Duration = Duration::from_secs(10);
 
     fn pair() -> (DuplexStream, PrefaceDeadline<DuplexStream>) {

@@ -167,6 +167,9 @@ async fn connections_that_send_no_http2_preface_in_time_are_closed() {
     let mut halfway = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     halfway.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
     assert!(closed_by_server(halfway).await, "a connection that sent half the preface stays open");
+    let mut no_settings = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    no_settings.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    assert!(closed_by_server(no_settings).await, "a preface without its SETTINGS frame stays open");
 
     // A client that sent its preface, then idles past the timeout, is
     // still served on the same connection.
