@@ -141,6 +141,10 @@ pub struct ServeArgs {
     #[arg(long, env = "INTROSPECT_MAX_CONNECTION_AGE_GRACE", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub max_connection_age_grace: Duration,
 
+    /// Most client connections open at once on the gRPC listener; beyond it new clients wait in the listen backlog until one closes. Lowered at start if the open-files limit cannot hold it.
+    #[arg(long, env = "INTROSPECT_MAX_CONNECTIONS", default_value_t = crate::listener::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
+    pub max_connections: usize,
+
     /// Time a new connection has, from its accept, to complete the TLS handshake (with TLS) and send the HTTP/2 connection preface; a connection that has not is closed.
     #[arg(long, env = "INTROSPECT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub handshake_timeout: Duration,
@@ -202,6 +206,8 @@ pub struct ConnectionSettings {
     pub max_age_grace: Duration,
     /// Time from accept to a completed TLS handshake and HTTP/2 preface.
     pub handshake_timeout: Duration,
+    /// Most client connections open at once.
+    pub max_connections: usize,
 }
 
 impl Default for ConnectionSettings {
@@ -209,7 +215,8 @@ impl Default for ConnectionSettings {
         Self {
             max_age: None,
             max_age_grace: DEFAULT_MAX_CONNECTION_AGE_GRACE,
-            handshake_timeout: crate::handshake::DEFAULT_HANDSHAKE_TIMEOUT,
+            handshake_timeout: crate::listener::DEFAULT_HANDSHAKE_TIMEOUT,
+            max_connections: crate::listener::DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -232,10 +239,22 @@ impl ConnectionSettings {
                 "0s would close every connection before it could say anything; the default is 10s",
             ));
         }
+        if !(1..=crate::listener::MAX_MAX_CONNECTIONS).contains(&args.max_connections) {
+            return Err(ConfigError::new(
+                "--max-connections",
+                format!(
+                    "{} is not between 1 and {}; the default is {}",
+                    args.max_connections,
+                    crate::listener::MAX_MAX_CONNECTIONS,
+                    crate::listener::DEFAULT_MAX_CONNECTIONS
+                ),
+            ));
+        }
         Ok(Self {
             max_age: args.max_connection_age.0,
             max_age_grace: args.max_connection_age_grace,
             handshake_timeout: args.handshake_timeout,
+            max_connections: args.max_connections,
         })
     }
 }
@@ -648,19 +667,29 @@ mod tests {
             ConnectionSettings {
                 max_age: None,
                 max_age_grace: Duration::from_secs(10),
-                handshake_timeout: Duration::from_secs(10)
+                handshake_timeout: Duration::from_secs(10),
+                max_connections: 4096,
             }
         );
-        let set =
-            config(&["--max-connection-age", "10m", "--max-connection-age-grace", "30s", "--handshake-timeout", "3s"])
-                .unwrap()
-                .connections;
+        let set = config(&[
+            "--max-connection-age",
+            "10m",
+            "--max-connection-age-grace",
+            "30s",
+            "--handshake-timeout",
+            "3s",
+            "--max-connections",
+            "100",
+        ])
+        .unwrap()
+        .connections;
         assert_eq!(
             set,
             ConnectionSettings {
                 max_age: Some(Duration::from_secs(600)),
                 max_age_grace: Duration::from_secs(30),
-                handshake_timeout: Duration::from_secs(3)
+                handshake_timeout: Duration::from_secs(3),
+                max_connections: 100,
             }
         );
         assert_eq!(config(&["--max-connection-age", "OFF"]).unwrap().connections.max_age, None);
@@ -671,6 +700,9 @@ mod tests {
         assert!(bad.to_string().contains("or off"), "{bad}");
         let zero = config(&["--handshake-timeout", "0s"]).unwrap_err();
         assert_eq!(zero.flag, "--handshake-timeout");
+        for n in ["0", "1000001"] {
+            assert_eq!(config(&["--max-connections", n]).unwrap_err().flag, "--max-connections");
+        }
     }
 
     #[test]

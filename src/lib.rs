@@ -14,7 +14,7 @@
 //! - [`health`]: readiness published through `grpc.health.v1`.
 //! - [`runtime`]: the binary's Tokio runtime (single-threaded on one CPU).
 //! - [`tls`]: TLS and mTLS for the listener, with certificate reload.
-//! - [`handshake`]: closes connections that do not send the HTTP/2 preface in time.
+//! - [`listener`]: the gRPC accept loop: connection cap, handshake deadline, accept-error backoff.
 //! - [`reload`]: configuration reload (SIGHUP, file changes) without a restart.
 //! - [`cli`]: the `verify`, `inspect` and `check-issuer` commands.
 //! - [`telemetry`]: logs, spans, metrics, OpenTelemetry export, and the
@@ -28,9 +28,9 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
-pub mod handshake;
 pub mod health;
 pub mod keys;
+pub mod listener;
 pub mod pb;
 pub mod reload;
 pub mod runtime;

@@ -119,6 +119,8 @@ async fn serve_with_telemetry(
         return ExitCode::SUCCESS;
     }
     config.telemetry.meter = meter;
+    config.connections.max_connections =
+        clerk_introspect::listener::fit_to_file_limit(config.connections.max_connections);
     let metrics_listener = match args.metrics_listen {
         MetricsListen::Off => None,
         MetricsListen::Addr(addr) => match TcpListener::bind(addr).await {

@@ -11,7 +11,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
@@ -19,6 +18,7 @@ use crate::config::{Config, ConnectionSettings};
 use crate::health::Readiness;
 use crate::keys::fetch::Fetcher;
 use crate::keys::{IssuerKeys, KeyContext};
+use crate::listener::ConnectionSlots;
 use crate::pb;
 use crate::service::ext_authz::{self, AuthzConfig};
 use crate::service::{AuthzService, IntrospectService};
@@ -70,6 +70,8 @@ pub struct App {
     pub authz: Arc<AuthzConfig>,
     /// Client connection housekeeping (fixed at start; a reload keeps it).
     pub connections: ConnectionSettings,
+    /// The cap on open client connections, with its count.
+    pub connection_slots: ConnectionSlots,
     /// Spans and metrics of this app (its own Prometheus registry).
     pub telemetry: Telemetry,
 }
@@ -102,6 +104,10 @@ impl App {
             reload,
             authz: Arc::new(config.authz.clone()),
             connections: config.connections,
+            connection_slots: ConnectionSlots::new(
+                config.connections.max_connections,
+                metrics.connection_gauge(config.connections.max_connections),
+            ),
             telemetry: Telemetry::new(metrics),
         })
     }
@@ -229,14 +235,14 @@ pub async fn serve(
     let drain_signal = drain.clone().cancelled_owned();
     let mut server = match app.tls.clone() {
         None => {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            let incoming = crate::handshake::plaintext(incoming, app.connections.handshake_timeout);
+            let incoming =
+                crate::listener::plaintext(listener, app.connection_slots.clone(), app.connections.handshake_timeout);
             tokio::spawn(router.serve_with_incoming_shutdown(incoming, drain_signal))
         }
         Some(tls) => {
             info!(mtls = tls.requires_client_certificates(), "TLS on the gRPC listener");
             tokio::spawn(router.serve_with_incoming_shutdown(
-                crate::tls::incoming(listener, tls, app.connections.handshake_timeout),
+                crate::tls::incoming(listener, tls, app.connection_slots.clone(), app.connections.handshake_timeout),
                 drain_signal,
             ))
         }

@@ -5,7 +5,7 @@
 //! Plaintext stays the default (service-mesh sidecars terminate TLS
 //! themselves). With TLS, every accepted TCP connection is handed to its own
 //! task for the handshake, bounded in time (`--handshake-timeout`, which
-//! also covers the HTTP/2 preface after it: [`crate::handshake`]) and in
+//! also covers the HTTP/2 preface after it: [`crate::listener`]) and in
 //! number ([`MAX_PENDING_HANDSHAKES`]), so a slow or silent client never
 //! holds up the accept loop. Only completed handshakes reach tonic.
 //!
@@ -33,9 +33,9 @@ use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
 use tokio_rustls::server::TlsStream;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
-use crate::handshake::PrefaceDeadline;
+use crate::listener::{self, AcceptErrors, ConnectionSlots};
 
 /// Most handshakes in progress at once; further connections wait in the
 /// kernel's accept queue.
@@ -284,33 +284,37 @@ fn build(files: &TlsFiles) -> Result<(ServerConfig, u64), TlsError> {
     Ok((config, fingerprint))
 }
 
-/// A TLS connection that still has to send the HTTP/2 preface by the
-/// deadline set at its accept.
-pub type Connection = PrefaceDeadline<TlsStream<TcpStream>>;
+/// An accepted TLS connection (its slot under `--max-connections`, its
+/// preface deadline).
+pub type Connection = listener::Connection<TlsStream<TcpStream>>;
 
 /// The stream of TLS connections tonic serves: TCP connections accepted on
-/// `listener`, each handshaken in its own task; `timeout`, from the accept,
-/// bounds the TLS handshake and then the HTTP/2 preface. The accept loop
-/// stops (and the listener closes) as soon as the stream is dropped, which
-/// tonic does when the drain starts.
+/// `listener` (at most `slots.max()` open at once), each handshaken in its
+/// own task; `timeout`, from the accept, bounds the TLS handshake and then
+/// the HTTP/2 preface. The accept loop stops (and the listener closes) as
+/// soon as the stream is dropped, which tonic does when the drain starts.
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<TlsState>,
+    slots: ConnectionSlots,
     timeout: Duration,
 ) -> ReceiverStream<io::Result<Connection>> {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(accept_loop(listener, tls, timeout, tx));
+    tokio::spawn(accept_loop(listener, tls, slots, timeout, tx));
     ReceiverStream::new(rx)
 }
 
 async fn accept_loop(
     listener: TcpListener,
     tls: Arc<TlsState>,
+    slots: ConnectionSlots,
     timeout: Duration,
     tx: mpsc::Sender<io::Result<Connection>>,
 ) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let mut errors = AcceptErrors::default();
     loop {
+        let Some(slot) = listener::slot_unless_closed(&slots, &tx).await else { return };
         let permit = tokio::select! {
             () = tx.closed() => return,
             permit = pending.clone().acquire_owned() => match permit {
@@ -318,27 +322,19 @@ async fn accept_loop(
                 Err(_) => return,
             },
         };
-        let accepted = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             () = tx.closed() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let (tcp, peer) = match accepted {
-            Ok(pair) => pair,
-            Err(e) => {
-                // Out of file descriptors and the like: do not spin.
-                warn!(error = %e, "accepting a connection failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
+            accepted = listener::accept(&listener, &mut errors) => accepted,
         };
         let _ = tcp.set_nodelay(true);
         let deadline = Instant::now() + timeout;
         let acceptor = tls.acceptor();
         let tx = tx.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            if let Some(stream) = handshake(acceptor, tcp, peer, deadline).await {
-                let _ = tx.send(Ok(PrefaceDeadline::new(stream, deadline, Some(peer)))).await;
+            let handshaken = handshake(acceptor, tcp, peer, deadline).await;
+            drop(permit);
+            if let Some(stream) = handshaken {
+                let _ = tx.send(Ok(Connection::new(stream, deadline, Some(peer), slot))).await;
             }
         });
     }

@@ -11,6 +11,8 @@
 //! | `clerk_introspect_keys_loaded` | gauge | `issuer` |
 //! | `clerk_introspect_keys_age_seconds` | gauge | `issuer` |
 //! | `clerk_introspect_unknown_kid_refetches_suppressed_total` | counter | `issuer` |
+//! | `clerk_introspect_connections` | gauge | none |
+//! | `clerk_introspect_connections_max` | gauge | none |
 //! | `clerk_introspect_build_info` | gauge | `version` |
 //!
 //! Labels are bounded: `rpc` and `reason` are fixed strings, `issuer` is
@@ -178,12 +180,14 @@ struct OtelInstruments {
     // Observable gauges live as long as their handles.
     _keys_loaded: opentelemetry::metrics::ObservableGauge<u64>,
     _keys_age: opentelemetry::metrics::ObservableGauge<f64>,
+    _connections: opentelemetry::metrics::ObservableGauge<i64>,
 }
 
 impl OtelInstruments {
-    fn new(meter: &opentelemetry::metrics::Meter, keys: &Arc<KeyGauges>) -> Self {
+    fn new(meter: &opentelemetry::metrics::Meter, keys: &Arc<KeyGauges>, connections: &Gauge) -> Self {
         let loaded_source = keys.clone();
         let age_source = keys.clone();
+        let connections = connections.clone();
         Self {
             verifications: meter
                 .u64_counter("clerk_introspect.verifications")
@@ -233,6 +237,12 @@ impl OtelInstruments {
                     }
                 })
                 .build(),
+            _connections: meter
+                .i64_observable_gauge("clerk_introspect.connections")
+                .with_description("Client connections open on the gRPC listener.")
+                .with_unit("{connection}")
+                .with_callback(move |observer| observer.observe(connections.get(), &[]))
+                .build(),
         }
     }
 }
@@ -246,6 +256,8 @@ pub struct Metrics {
     fetches: Family<FetchLabels, Counter>,
     suppressed: Family<IssuerLabels, Counter>,
     keys: Arc<KeyGauges>,
+    connections: Gauge,
+    connections_max: Gauge,
     otel: Option<OtelInstruments>,
     /// Each RPC's in-flight gauge and latency histogram, looked up in their
     /// families once (on the RPC's first call) instead of on every call.
@@ -308,7 +320,15 @@ impl Metrics {
         }
         let keys = Arc::new(KeyGauges { verifier: OnceLock::new(), clock });
         registry.register_collector(Box::new(keys.clone()));
-        let otel = meter.map(|m| OtelInstruments::new(m, &keys));
+        let connections = Gauge::default();
+        registry.register("connections", "Client connections open on the gRPC listener", connections.clone());
+        let connections_max = Gauge::default();
+        registry.register(
+            "connections_max",
+            "Most client connections the gRPC listener holds open at once (--max-connections, as lowered to the open-files limit)",
+            connections_max.clone(),
+        );
+        let otel = meter.map(|m| OtelInstruments::new(m, &keys, &connections));
         Self {
             registry,
             verifications,
@@ -317,6 +337,8 @@ impl Metrics {
             fetches,
             suppressed,
             keys,
+            connections,
+            connections_max,
             otel,
             per_rpc: Default::default(),
         }
@@ -334,6 +356,13 @@ impl Metrics {
                     .clone(),
             }
         })
+    }
+
+    /// The gauge of open gRPC client connections (for
+    /// [`crate::listener::ConnectionSlots`]); records `max` as their cap.
+    pub fn connection_gauge(&self, max: usize) -> Gauge {
+        self.connections_max.set(i64::try_from(max).unwrap_or(i64::MAX));
+        self.connections.clone()
     }
 
     /// Reads key state from `verifier` (held weakly: the key caches hold

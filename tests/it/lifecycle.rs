@@ -109,6 +109,7 @@ async fn connections_past_their_max_age_are_sent_away_then_closed() {
         max_age_grace: Duration::from_millis(300),
         // Longer than the guards below: the max age is what closes them.
         handshake_timeout: Duration::from_secs(60),
+        ..Default::default()
     };
     let server = Server::start_with(config).await;
     server.wait_for(ServingStatus::Serving).await;

@@ -4,6 +4,7 @@
 mod cache;
 mod commands;
 mod config_file;
+mod connections;
 mod deploy;
 mod ext_authz;
 mod keys;

@@ -172,7 +172,19 @@ impl ServeProcess {
 
     /// [`ServeProcess::start`] with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
-        let mut child = Command::new(BIN)
+        Self::spawn(Command::new(BIN), args, env)
+    }
+
+    /// [`ServeProcess::start`] under an open-files limit set by the shell
+    /// (`ulimit` then `exec`), such as `-n 300` or `-Sn 300`.
+    pub fn start_with_ulimit(ulimit: &str, args: &[&str]) -> ServeProcess {
+        let mut sh = Command::new("sh");
+        sh.args(["-c", &format!("ulimit {ulimit} && exec \"$0\" \"$@\""), BIN]);
+        Self::spawn(sh, args, &[])
+    }
+
+    fn spawn(mut command: Command, args: &[&str], env: &[(&str, &str)]) -> ServeProcess {
+        let mut child = command
             .arg("serve")
             // Tests run in parallel: never the shared default metrics port.
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
