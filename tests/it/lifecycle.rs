@@ -15,7 +15,7 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-use crate::support::{SERVICE, Server, closed_by_server, raw_health_check};
+use crate::support::{SERVICE, Server, closed_by_server, raw_health_check, still_served_after_idle};
 
 const BIN: &str = env!("CARGO_BIN_EXE_clerk-introspect");
 
@@ -118,34 +118,17 @@ async fn connections_past_their_max_age_are_sent_away_then_closed() {
     // An HTTP/2 client that answers one call, then idles: it gets GOAWAY
     // and its connection ends, without error (a graceful close).
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
     let connection = tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let request = http::Request::post(format!("http://{addr}/grpc.health.v1.Health/Check"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut body) = client.send_request(request, false).unwrap();
-    body.send_data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]), true).unwrap();
-    assert_eq!(response.await.unwrap().status(), 200);
+    assert_eq!(raw_health_check(&mut client, addr).await, 200);
+    // The client stays: only the server's GOAWAY can end the connection.
     let ended = tokio::time::timeout(Duration::from_secs(10), connection).await;
     assert!(matches!(ended, Ok(Ok(Ok(())))), "the connection ends gracefully: {ended:?}");
+    drop(client);
 
     // A client that never even sends the HTTP/2 preface is closed too.
-    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut buf = [0u8; 64];
-    let closed = tokio::time::timeout(Duration::from_secs(10), async {
-        use tokio::io::AsyncReadExt as _;
-        loop {
-            match silent.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "a silent connection outlives its max age");
+    let silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    assert!(closed_by_server(silent).await, "a silent connection outlives its max age");
 
     // New connections are served as before.
     assert_eq!(server.health(SERVICE).await.unwrap(), ServingStatus::Serving);
@@ -175,12 +158,7 @@ async fn connections_that_send_no_http2_preface_in_time_are_closed() {
     // A client that sent its preface, then idles past the timeout, is
     // still served on the same connection.
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let (mut client, connection) = h2::client::handshake(tcp).await.unwrap();
-    let connection = tokio::spawn(connection);
-    assert_eq!(raw_health_check(&mut client, server.addr).await, 200);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(raw_health_check(&mut client, server.addr).await, 200);
-    assert!(!connection.is_finished());
+    still_served_after_idle(tcp, server.addr, Duration::from_millis(1500)).await;
     server.stop().await.unwrap();
 }
 

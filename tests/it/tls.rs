@@ -21,7 +21,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 use crate::scratch::{Pki, Scratch, ServeProcess, run_bin, stderr, stdout};
-use crate::support::{POLL, READY_TIMEOUT, Server, closed_by_server, raw_health_check};
+use crate::support::{POLL, READY_TIMEOUT, Server, closed_by_server, still_served_after_idle};
 
 const ISSUER: &str = "https://clerk.tls.example.com";
 
@@ -34,13 +34,18 @@ fn static_issuer(key: &TestKey) -> IssuerConfig {
 /// A server with TLS from `dir` (files `server.crt`, `server.key`, and
 /// `ca.pem` as the client CA when `mtls`).
 async fn tls_server(dir: &Scratch, key: &TestKey, mtls: bool) -> Server {
+    Server::start_with(tls_config(dir, key, mtls)).await
+}
+
+/// The configuration [`tls_server`] starts with.
+fn tls_config(dir: &Scratch, key: &TestKey, mtls: bool) -> Config {
     let mut config = Config::new(vec![static_issuer(key)]);
     config.tls = Some(TlsFiles {
         cert: dir.path("server.crt"),
         key: dir.path("server.key"),
         client_ca: mtls.then(|| dir.path("ca.pem")),
     });
-    Server::start_with(config).await
+    config
 }
 
 async fn channel(
@@ -234,8 +239,7 @@ async fn a_connection_that_sends_no_http2_preface_after_its_handshake_is_closed(
     let pki = Pki::new("preface");
     pki.write(&dir, "");
     let key = TestKey::rsa("ins_preface");
-    let mut config = Config::new(vec![static_issuer(&key)]);
-    config.tls = Some(TlsFiles { cert: dir.path("server.crt"), key: dir.path("server.key"), client_ca: None });
+    let mut config = tls_config(&dir, &key, false);
     config.connections.handshake_timeout = Duration::from_millis(500);
     let server = Server::start_with(config).await;
 
@@ -250,12 +254,7 @@ async fn a_connection_that_sends_no_http2_preface_after_its_handshake_is_closed(
     // A client that sent its preface, then idles past the timeout, is
     // still served on the same connection.
     let stream = tls_connect(&server, &pki.ca, None).await.unwrap();
-    let (mut client, connection) = h2::client::handshake(stream).await.unwrap();
-    let connection = tokio::spawn(connection);
-    assert_eq!(raw_health_check(&mut client, server.addr).await, 200);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(raw_health_check(&mut client, server.addr).await, 200);
-    assert!(!connection.is_finished());
+    still_served_after_idle(stream, server.addr, Duration::from_millis(1500)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

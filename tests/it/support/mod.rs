@@ -184,6 +184,20 @@ pub async fn raw_health_check(client: &mut h2::client::SendRequest<bytes::Bytes>
     response.await.expect("an answer on the same connection").status().as_u16()
 }
 
+/// Runs an HTTP/2 client over `stream`: one Health/Check, `idle`, then
+/// another on the same connection, which must still be open.
+pub async fn still_served_after_idle<S>(stream: S, addr: SocketAddr, idle: Duration)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut client, connection) = h2::client::handshake(stream).await.unwrap();
+    let connection = tokio::spawn(connection);
+    assert_eq!(raw_health_check(&mut client, addr).await, 200);
+    tokio::time::sleep(idle).await;
+    assert_eq!(raw_health_check(&mut client, addr).await, 200);
+    assert!(!connection.is_finished(), "the connection was closed while idle");
+}
+
 /// Reads until the server closes the connection (end of stream or an
 /// error): true if it did within 10 s (a guard against a hang, not a timing
 /// assertion).
