@@ -114,13 +114,14 @@ async fn serve_with_telemetry(
             return ExitCode::from(EX_USAGE);
         }
     };
+    // Before --check-config, so that it shows the cap serve would use.
+    config.connections.max_connections =
+        clerk_introspect::listener::fit_to_file_limit(config.connections.max_connections);
     if args.check_config {
         print!("{}", clerk_introspect::config::file::summary(&config));
         return ExitCode::SUCCESS;
     }
     config.telemetry.meter = meter;
-    config.connections.max_connections =
-        clerk_introspect::listener::fit_to_file_limit(config.connections.max_connections);
     let metrics_listener = match args.metrics_listen {
         MetricsListen::Off => None,
         MetricsListen::Addr(addr) => match TcpListener::bind(addr).await {

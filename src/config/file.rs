@@ -239,6 +239,17 @@ pub fn summary(config: &Config) -> String {
         Some(_) => out.push_str(", TLS"),
     }
     out.push_str(&format!(", {} issuer(s)\n", config.issuers.len()));
+    let c = &config.connections;
+    out.push_str(&format!(
+        "  connections: at most {}, handshake within {} s, max age {}\n",
+        c.max_connections,
+        c.handshake_timeout.as_secs_f64(),
+        c.max_age.map_or("off".to_owned(), |age| format!(
+            "{} s (then {} s for calls in progress)",
+            age.as_secs_f64(),
+            c.max_age_grace.as_secs_f64()
+        )),
+    ));
     for i in &config.issuers {
         let source = match &i.source {
             KeySource::Discovery => "keys by discovery".to_owned(),

@@ -228,13 +228,19 @@ fn check_config_validates_without_binding_or_fetching() {
         ),
     );
     let out = std::process::Command::new(BIN)
-        .args(["serve", "--config", path.to_str().unwrap(), "--check-config"])
+        .args(["serve", "--config", path.to_str().unwrap(), "--check-config", "--max-connection-age", "10m"])
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
     let text = crate::scratch::stdout(&out);
     assert_eq!(out.status.code(), Some(0), "{text}{}", stderr(&out));
     assert!(text.starts_with("configuration OK: listen 127.0.0.1:1, plaintext, 2 issuer(s)"), "{text}");
+    assert!(
+        text.contains(
+            "connections: at most 4096, handshake within 10 s, max age 600 s (then 10 s for calls in progress)"
+        ),
+        "{text}"
+    );
     assert!(text.contains("1 static key(s), no network"), "{text}");
     assert!(text.contains("https://clerk.unreachable.invalid: keys by discovery"), "{text}");
     assert!(text.contains("(azp required)"), "{text}");
