@@ -55,6 +55,16 @@ pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 /// its connection here for ever.
 pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Most streams a connection may make the server reset for its own
+/// protocol errors (a flow-control window overflowed, frames on a closed
+/// stream) before it gets GOAWAY `ENHANCE_YOUR_CALM`: h2's and hyper's own
+/// default, which tonic's server switches off (it passes `None`, "no
+/// limit") unless it is set. Without it a client can reset streams whose
+/// handlers keep running, for as long as it likes (the "MadeYouReset"
+/// attack, CVE-2025-8671; measured: 3,000 such resets on one connection,
+/// no GOAWAY).
+pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
+
 /// The running parts of the service, shared by every RPC.
 #[derive(Debug, Clone)]
 pub struct App {
@@ -216,7 +226,8 @@ pub async fn serve(
     let mut builder = Server::builder()
         .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
         .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT));
+        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS));
     if let Some(age) = app.connections.max_age {
         builder = builder.max_connection_age(age).max_connection_age_grace(app.connections.max_age_grace);
     }

@@ -118,3 +118,79 @@ async fn verify_reads_its_own_frames_and_refuses_what_tonic_refuses() {
     assert_eq!(gzip.headers["grpc-accept-encoding"], "identity");
     assert_eq!(refused(gzip), ("12".into(), "Content is compressed with `gzip` which isn't supported".into()));
 }
+
+/// One raw HTTP/2 frame.
+fn raw_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    f.extend_from_slice(&[kind, flags]);
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test]
+async fn a_client_that_makes_the_server_reset_stream_after_stream_gets_goaway() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    const HEADERS: u8 = 0x1;
+    const RST_STREAM: u8 = 0x3;
+    const GOAWAY: u8 = 0x7;
+    const WINDOW_UPDATE: u8 = 0x8;
+    const ENHANCE_YOUR_CALM: u32 = 0xb;
+    let key = TestKey::rsa("ins_test");
+    let issuer = TestIssuer::start(vec![key.clone()]).await.unwrap();
+    let server = Server::ready(&issuer).await;
+
+    // A Health/Check request's header block (HPACK: indexed :method POST
+    // and :scheme http, literal :path, :authority, content-type and te).
+    let mut block = vec![0x83, 0x86];
+    for (name_index, value) in [(4u8, "/grpc.health.v1.Health/Check"), (1, "x")] {
+        block.extend_from_slice(&[name_index, value.len() as u8]);
+        block.extend_from_slice(value.as_bytes());
+    }
+    block.extend_from_slice(&[0x0f, 31 - 15, 16]);
+    block.extend_from_slice(b"application/grpc");
+    block.extend_from_slice(b"\x00\x02te\x08trailers");
+
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    tcp.write_all(&raw_frame(0x4, 0, 0, &[])).await.unwrap();
+    let (mut read, mut write) = tcp.into_split();
+    // Each stream: a request, then a WINDOW_UPDATE that overflows its
+    // window, a stream error the server answers with RST_STREAM.
+    let attack = tokio::spawn(async move {
+        for i in 0..2 * clerk_introspect::server::MAX_LOCAL_ERROR_RESETS as u32 {
+            let stream = 2 * i + 1;
+            let mut frames = raw_frame(HEADERS, 0x4, stream, &block);
+            frames.extend(raw_frame(WINDOW_UPDATE, 0, stream, &0x7fff_ffffu32.to_be_bytes()));
+            if write.write_all(&frames).await.is_err() {
+                return;
+            }
+        }
+        // Keep the write half open: only the server may end this.
+        std::future::pending::<()>().await;
+    });
+
+    let mut resets = 0;
+    let goaway = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let mut header = [0u8; 9];
+        loop {
+            if read.read_exact(&mut header).await.is_err() {
+                return None;
+            }
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            read.read_exact(&mut payload).await.unwrap();
+            match header[3] {
+                RST_STREAM => resets += 1,
+                GOAWAY => return Some(u32::from_be_bytes(payload[4..8].try_into().unwrap())),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the server answers (a guard against a hang)");
+    attack.abort();
+    assert_eq!(goaway, Some(ENHANCE_YOUR_CALM), "after {resets} resets");
+    assert!(resets <= clerk_introspect::server::MAX_LOCAL_ERROR_RESETS + 1, "{resets} resets before the GOAWAY");
+    server.stop().await.unwrap();
+}
