@@ -141,6 +141,10 @@ pub struct ServeArgs {
     #[arg(long, env = "INTROSPECT_MAX_CONNECTION_AGE_GRACE", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub max_connection_age_grace: Duration,
 
+    /// Longest a call may take, from its headers to its answer, when its client set no shorter deadline (grpc-timeout): a call whose request never arrives in full is answered CANCELLED then, and its stream freed.
+    #[arg(long, env = "INTROSPECT_CALL_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
+    pub call_timeout: Duration,
+
     /// Most client connections open at once on the gRPC listener; beyond it new clients wait in the listen backlog until one closes. Lowered at start if the open-files limit cannot hold it.
     #[arg(long, env = "INTROSPECT_MAX_CONNECTIONS", default_value_t = crate::listener::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
     pub max_connections: usize,
@@ -208,6 +212,8 @@ pub struct ConnectionSettings {
     pub handshake_timeout: Duration,
     /// Most client connections open at once.
     pub max_connections: usize,
+    /// Longest a call may take when its client set no shorter deadline.
+    pub call_timeout: Duration,
 }
 
 impl Default for ConnectionSettings {
@@ -217,9 +223,16 @@ impl Default for ConnectionSettings {
             max_age_grace: DEFAULT_MAX_CONNECTION_AGE_GRACE,
             handshake_timeout: crate::listener::DEFAULT_HANDSHAKE_TIMEOUT,
             max_connections: crate::listener::DEFAULT_MAX_CONNECTIONS,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
         }
     }
 }
+
+/// Default of `--call-timeout`: longer than the slowest call that can
+/// succeed, one that waits for an unknown-kid refetch (discovery, then the
+/// JWKS, each bounded by the fetch timeout).
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const _: () = assert!(DEFAULT_CALL_TIMEOUT.as_secs() > 2 * crate::keys::fetch::REQUEST_TIMEOUT.as_secs());
 
 /// Default of `--max-connection-age-grace`.
 pub const DEFAULT_MAX_CONNECTION_AGE_GRACE: Duration = Duration::from_secs(10);
@@ -250,11 +263,18 @@ impl ConnectionSettings {
                 ),
             ));
         }
+        if args.call_timeout < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "--call-timeout",
+                "under 1s would cancel calls that wait for a key refetch; the default is 30s",
+            ));
+        }
         Ok(Self {
             max_age: args.max_connection_age.0,
             max_age_grace: args.max_connection_age_grace,
             handshake_timeout: args.handshake_timeout,
             max_connections: args.max_connections,
+            call_timeout: args.call_timeout,
         })
     }
 }
@@ -669,6 +689,7 @@ mod tests {
                 max_age_grace: Duration::from_secs(10),
                 handshake_timeout: Duration::from_secs(10),
                 max_connections: 4096,
+                call_timeout: Duration::from_secs(30),
             }
         );
         let set = config(&[
@@ -680,6 +701,8 @@ mod tests {
             "3s",
             "--max-connections",
             "100",
+            "--call-timeout",
+            "1m",
         ])
         .unwrap()
         .connections;
@@ -690,6 +713,7 @@ mod tests {
                 max_age_grace: Duration::from_secs(30),
                 handshake_timeout: Duration::from_secs(3),
                 max_connections: 100,
+                call_timeout: Duration::from_secs(60),
             }
         );
         assert_eq!(config(&["--max-connection-age", "OFF"]).unwrap().connections.max_age, None);
@@ -700,6 +724,7 @@ mod tests {
         assert!(bad.to_string().contains("or off"), "{bad}");
         let zero = config(&["--handshake-timeout", "0s"]).unwrap_err();
         assert_eq!(zero.flag, "--handshake-timeout");
+        assert_eq!(config(&["--call-timeout", "500ms"]).unwrap_err().flag, "--call-timeout");
         for n in ["0", "1000001"] {
             assert_eq!(config(&["--max-connections", n]).unwrap_err().flag, "--max-connections");
         }

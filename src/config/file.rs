@@ -241,9 +241,10 @@ pub fn summary(config: &Config) -> String {
     out.push_str(&format!(", {} issuer(s)\n", config.issuers.len()));
     let c = &config.connections;
     out.push_str(&format!(
-        "  connections: at most {}, handshake within {} s, max age {}\n",
+        "  connections: at most {}, handshake within {} s, calls within {} s, max age {}\n",
         c.max_connections,
         c.handshake_timeout.as_secs_f64(),
+        c.call_timeout.as_secs_f64(),
         c.max_age.map_or("off".to_owned(), |age| format!(
             "{} s (then {} s for calls in progress)",
             age.as_secs_f64(),

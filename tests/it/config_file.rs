@@ -237,7 +237,7 @@ fn check_config_validates_without_binding_or_fetching() {
     assert!(text.starts_with("configuration OK: listen 127.0.0.1:1, plaintext, 2 issuer(s)"), "{text}");
     assert!(
         text.contains(
-            "connections: at most 4096, handshake within 10 s, max age 600 s (then 10 s for calls in progress)"
+            "connections: at most 4096, handshake within 10 s, calls within 30 s, max age 600 s (then 10 s for calls in progress)"
         ),
         "{text}"
     );

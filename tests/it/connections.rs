@@ -94,3 +94,36 @@ async fn the_binary_raises_its_open_files_limit_and_fits_the_cap_to_it() {
     assert_eq!(sample(&metrics_text(&mut capped).await, "clerk_introspect_connections_max"), Some(44));
     capped.stop();
 }
+
+#[tokio::test]
+async fn a_call_whose_request_never_arrives_is_answered_at_the_call_timeout() {
+    let key = TestKey::rsa("ins_test");
+    let issuer = TestIssuer::start(vec![key.clone()]).await.unwrap();
+    let mut config = Config::new(vec![crate::support::issuer_config(&issuer)]);
+    config.connections.call_timeout = Duration::from_millis(300);
+    let server = Server::start_with(config).await;
+    server.wait_for(ServingStatus::Serving).await;
+    let addr = server.addr;
+
+    // Verify's headers, then nothing: no message, no end of stream.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{addr}/introspect.v1.TokenIntrospection/Verify"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, _body_never_sent) = client.send_request(request, false).unwrap();
+    // A guard against a hang, not a timing assertion.
+    let response =
+        tokio::time::timeout(Duration::from_secs(10), response).await.expect("answered at the call timeout").unwrap();
+    let status = response.headers().get("grpc-status").map(|v| v.to_str().unwrap().to_owned());
+    assert_eq!(status.as_deref(), Some("1"), "CANCELLED: {:?}", response.headers());
+
+    // Calls that complete are not affected.
+    let token = key.mint(&issuer.session_claims(server.now()));
+    assert!(server.verify(&token).await.valid);
+    server.stop().await.unwrap();
+}
