@@ -59,10 +59,10 @@ pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// protocol errors (a flow-control window overflowed, frames on a closed
 /// stream) before it gets GOAWAY `ENHANCE_YOUR_CALM`: h2's and hyper's own
 /// default, which tonic's server switches off (it passes `None`, "no
-/// limit") unless it is set. Without it a client can reset streams whose
-/// handlers keep running, for as long as it likes (the "MadeYouReset"
-/// attack, CVE-2025-8671; measured: 3,000 such resets on one connection,
-/// no GOAWAY).
+/// limit") unless it is set. Without it a client can make the server take
+/// requests and reset their streams for as long as it likes on one
+/// connection (the "MadeYouReset" attack, CVE-2025-8671; measured: 3,000
+/// such resets on one connection, no GOAWAY).
 pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// The running parts of the service, shared by every RPC.
