@@ -173,24 +173,31 @@ fn is_client_error(e: &io::Error) -> bool {
     )
 }
 
-/// Rate limit of the accept-error log line.
-#[derive(Debug, Default)]
+/// Rate limit of one listener's accept-error log line.
+#[derive(Debug)]
 pub struct AcceptErrors {
+    listener: &'static str,
     last_logged: Option<Instant>,
     since: u64,
 }
 
 impl AcceptErrors {
+    /// For the listener named `listener` in the log (`grpc`, `metrics`).
+    pub fn new(listener: &'static str) -> Self {
+        Self { listener, last_logged: None, since: 0 }
+    }
+
     fn report(&mut self, e: &io::Error) {
         if self.last_logged.is_some_and(|t| t.elapsed() < ACCEPT_ERROR_LOG_INTERVAL) {
             self.since += 1;
             return;
         }
         warn!(
+            listener = self.listener,
             error = %e,
             failed_since_last_report = self.since,
             retry_every = ?ACCEPT_ERROR_BACKOFF,
-            "accepting a connection failed (out of file descriptors? see --max-connections)"
+            "accepting a connection failed (out of file descriptors?)"
         );
         self.last_logged = Some(Instant::now());
         self.since = 0;
@@ -209,7 +216,7 @@ pub fn plaintext(
 ) -> ReceiverStream<io::Result<Connection<TcpStream>>> {
     let (tx, rx) = mpsc::channel(HANDOVER_QUEUE);
     tokio::spawn(async move {
-        let mut errors = AcceptErrors::default();
+        let mut errors = AcceptErrors::new("grpc");
         loop {
             let Some(slot) = slot_unless_closed(&slots, &tx).await else { return };
             let (tcp, peer) = tokio::select! {

@@ -312,7 +312,7 @@ async fn accept_loop(
     tx: mpsc::Sender<io::Result<Connection>>,
 ) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
-    let mut errors = AcceptErrors::default();
+    let mut errors = AcceptErrors::new("grpc");
     loop {
         let Some(slot) = listener::slot_unless_closed(&slots, &tx).await else { return };
         let permit = tokio::select! {

@@ -52,9 +52,6 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// the moment the server starts waiting for it; past it the connection is
 /// closed. Prometheus' default scrape timeout is 10 s.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// Pause after a failed `accept` that is not the peer's doing (e.g. out of
-/// file descriptors), so that the loop does not spin.
-const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
 /// The endpoint's connection limits ([`MAX_CONNECTIONS`] and
 /// [`HEADER_READ_TIMEOUT`] by default; tests shorten them).
@@ -205,6 +202,7 @@ pub async fn serve_with(
     http1.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut accept_errors = crate::listener::AcceptErrors::new("metrics");
     tokio::pin!(shutdown);
     loop {
         // A free slot first, then a connection: beyond the cap, clients
@@ -213,16 +211,8 @@ pub async fn serve_with(
             permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
             () = &mut shutdown => break,
         };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) if is_peer_error(&e) => continue,
-                Err(e) => {
-                    warn!(error = %e, "the metrics endpoint could not accept a connection");
-                    tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
-                    continue;
-                }
-            },
+        let (stream, _) = tokio::select! {
+            accepted = crate::listener::accept(&listener, &mut accept_errors) => accepted,
             () = &mut shutdown => break,
         };
         let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service.clone()));
@@ -235,13 +225,6 @@ pub async fn serve_with(
     drop(listener);
     graceful.shutdown().await;
     Ok(())
-}
-
-/// `accept` errors caused by one peer (it left before we took the
-/// connection): the next `accept` is fine.
-fn is_peer_error(e: &std::io::Error) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(e.kind(), ConnectionAborted | ConnectionReset | ConnectionRefused)
 }
 
 #[cfg(test)]
