@@ -24,5 +24,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .open_files(["envoy/service/auth/v3/external_auth.proto"])?
         .encode_file_descriptor_set();
     fs::write(out_dir.join("envoy_auth_descriptor.bin"), envoy)?;
+
+    // The platform being built for, so that tests can ask `cargo metadata`
+    // about this platform's packages only (`--filter-platform`): a full
+    // offline resolution needs every platform's packages, and `cargo build`
+    // downloads only this one's.
+    println!("cargo:rustc-env=INTROSPECT_BUILD_TARGET={}", env::var("TARGET")?);
     Ok(())
 }

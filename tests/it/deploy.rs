@@ -84,10 +84,16 @@ fn all<'a>(v: &'a Value, key: &str) -> Vec<&'a Value> {
 }
 
 /// The `proto/` directory of the envoy-types crate this project builds with.
+///
+/// Resolved for the platform being built only (`--filter-platform`): an
+/// offline `cargo metadata` over the whole graph needs the packages of every
+/// platform in `Cargo.lock`, which a fresh `~/.cargo` that only ran
+/// `cargo build` or `cargo test` does not have.
 fn envoy_types_protos() -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let out = Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--offline", "--locked"])
+        .args(["metadata", "--format-version", "1", "--offline", "--locked", "--filter-platform"])
+        .arg(env!("INTROSPECT_BUILD_TARGET"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("cargo metadata runs");
