@@ -145,9 +145,29 @@ pub struct ServeArgs {
     #[arg(long, env = "INTROSPECT_CALL_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DURATION")]
     pub call_timeout: Duration,
 
-    /// Most client connections open at once on the gRPC listener; beyond it new clients wait in the listen backlog until one closes. Lowered at start if the open-files limit cannot hold it.
+    /// Most client connections open at once on the gRPC listener. With every slot taken, a new client makes room: an idle connection (no call in progress; one that never made a call first, then the one idle the longest) gets GOAWAY; only when none is idle do new clients wait in the listen backlog. Lowered at start if the open-files limit cannot hold it.
     #[arg(long, env = "INTROSPECT_MAX_CONNECTIONS", default_value_t = crate::listener::DEFAULT_MAX_CONNECTIONS, value_name = "N")]
     pub max_connections: usize,
+
+    /// Close (HTTP/2 GOAWAY) a client connection that has had no call in progress for this long (gRPC's MAX_CONNECTION_IDLE); its client reconnects when it next calls. off: idle connections stay.
+    #[arg(long, env = "INTROSPECT_MAX_CONNECTION_IDLE", default_value = "5m", value_parser = parse_optional_duration, value_name = "DURATION|off")]
+    pub max_connection_idle: OptionalDuration,
+
+    /// Most calls in progress at once on the gRPC listener, across all connections; a call past it is answered RESOURCE_EXHAUSTED at once (health checks have 64 more of their own). Keep it below --max-connections, so that a full connection table always has an idle connection to close for a new client.
+    #[arg(long, env = "INTROSPECT_MAX_CALLS_IN_FLIGHT", default_value_t = crate::server::limits::DEFAULT_MAX_CALLS, value_name = "N")]
+    pub max_calls_in_flight: usize,
+
+    /// Most bytes of requests held at once across all calls (read, not yet answered): a call whose request does not fit is answered RESOURCE_EXHAUSTED. Bytes, or with a KiB, MiB or GiB suffix.
+    #[arg(long, env = "INTROSPECT_MAX_REQUEST_BYTES", default_value = "16MiB", value_parser = parse_size, value_name = "BYTES")]
+    pub max_request_bytes: usize,
+
+    /// Time a call's request has, from its headers, to arrive whole; a call still waiting for it then is answered DEADLINE_EXCEEDED and its stream freed.
+    #[arg(long, env = "INTROSPECT_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub request_timeout: Duration,
+
+    /// Most calls in progress at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS).
+    #[arg(long, env = "INTROSPECT_MAX_STREAMS_PER_CONNECTION", default_value_t = crate::server::connection::DEFAULT_MAX_CONCURRENT_STREAMS, value_name = "N")]
+    pub max_streams_per_connection: u32,
 
     /// Time a new connection has, from its accept, to complete the TLS handshake (with TLS) and send the HTTP/2 connection preface; a connection that has not is closed.
     #[arg(long, env = "INTROSPECT_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
@@ -214,6 +234,16 @@ pub struct ConnectionSettings {
     pub max_connections: usize,
     /// Longest a call may take when its client set no shorter deadline.
     pub call_timeout: Duration,
+    /// GOAWAY after this long without a call; `None`: no limit.
+    pub max_idle: Option<Duration>,
+    /// Most calls in progress at once across all connections.
+    pub max_calls: usize,
+    /// Most request bytes held at once across all calls.
+    pub max_request_bytes: usize,
+    /// Time a call's request has, from its headers, to arrive whole.
+    pub request_timeout: Duration,
+    /// Most concurrent streams per connection.
+    pub max_streams_per_connection: u32,
 }
 
 impl Default for ConnectionSettings {
@@ -224,9 +254,24 @@ impl Default for ConnectionSettings {
             handshake_timeout: crate::listener::DEFAULT_HANDSHAKE_TIMEOUT,
             max_connections: crate::listener::DEFAULT_MAX_CONNECTIONS,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            max_idle: Some(DEFAULT_MAX_CONNECTION_IDLE),
+            max_calls: crate::server::limits::DEFAULT_MAX_CALLS,
+            max_request_bytes: crate::server::limits::DEFAULT_MAX_REQUEST_BYTES,
+            request_timeout: crate::server::limits::DEFAULT_REQUEST_TIMEOUT,
+            max_streams_per_connection: crate::server::connection::DEFAULT_MAX_CONCURRENT_STREAMS,
         }
     }
 }
+
+/// Default of `--max-connection-idle`.
+pub const DEFAULT_MAX_CONNECTION_IDLE: Duration = Duration::from_secs(5 * 60);
+/// Largest `--max-calls-in-flight` and `--max-streams-per-connection`.
+pub const MAX_MAX_CALLS: usize = 1_000_000;
+/// Smallest `--max-request-bytes`: one request of the largest size accepted
+/// (`MAX_REQUEST_BYTES` of the services) and its gRPC prefix must fit.
+pub const MIN_MAX_REQUEST_BYTES: usize = 64 * 1024 + 5;
+/// Largest `--max-request-bytes`.
+pub const MAX_MAX_REQUEST_BYTES: usize = 1 << 30;
 
 /// Default of `--call-timeout`: longer than the slowest call that can
 /// succeed, one that waits for an unknown-kid refetch (discovery, then the
@@ -269,13 +314,83 @@ impl ConnectionSettings {
                 "under 1s would cancel calls that wait for a key refetch; the default is 30s",
             ));
         }
+        if args.max_connection_idle.0 == Some(Duration::ZERO) {
+            return Err(ConfigError::new(
+                "--max-connection-idle",
+                "0s would close every connection between two calls; give a time such as 5m, or off",
+            ));
+        }
+        if !(1..=MAX_MAX_CALLS).contains(&args.max_calls_in_flight) {
+            return Err(ConfigError::new(
+                "--max-calls-in-flight",
+                format!(
+                    "{} is not between 1 and {MAX_MAX_CALLS}; the default is {}",
+                    args.max_calls_in_flight,
+                    crate::server::limits::DEFAULT_MAX_CALLS
+                ),
+            ));
+        }
+        if !(MIN_MAX_REQUEST_BYTES..=MAX_MAX_REQUEST_BYTES).contains(&args.max_request_bytes) {
+            return Err(ConfigError::new(
+                "--max-request-bytes",
+                format!(
+                    "{} is not between {MIN_MAX_REQUEST_BYTES} (one request of the largest size) and {MAX_MAX_REQUEST_BYTES}; the default is 16MiB",
+                    args.max_request_bytes
+                ),
+            ));
+        }
+        if args.request_timeout < Duration::from_millis(100) || args.request_timeout > args.call_timeout {
+            return Err(ConfigError::new(
+                "--request-timeout",
+                format!(
+                    "{} is not between 100ms and --call-timeout ({}); the default is 5s",
+                    humantime::format_duration(args.request_timeout),
+                    humantime::format_duration(args.call_timeout)
+                ),
+            ));
+        }
+        if !(1..=MAX_MAX_CALLS as u64).contains(&u64::from(args.max_streams_per_connection)) {
+            return Err(ConfigError::new(
+                "--max-streams-per-connection",
+                format!(
+                    "{} is not between 1 and {MAX_MAX_CALLS}; the default is {}",
+                    args.max_streams_per_connection,
+                    crate::server::connection::DEFAULT_MAX_CONCURRENT_STREAMS
+                ),
+            ));
+        }
         Ok(Self {
             max_age: args.max_connection_age.0,
             max_age_grace: args.max_connection_age_grace,
             handshake_timeout: args.handshake_timeout,
             max_connections: args.max_connections,
             call_timeout: args.call_timeout,
+            max_idle: args.max_connection_idle.0,
+            max_calls: args.max_calls_in_flight,
+            max_request_bytes: args.max_request_bytes,
+            request_timeout: args.request_timeout,
+            max_streams_per_connection: args.max_streams_per_connection,
         })
+    }
+
+    /// The per-call limits these settings give.
+    pub fn call_limits(&self) -> crate::server::limits::Settings {
+        crate::server::limits::Settings {
+            max_calls: self.max_calls,
+            max_request_bytes: self.max_request_bytes,
+            request_timeout: self.request_timeout,
+            call_timeout: self.call_timeout,
+        }
+    }
+
+    /// How connections are served with these settings.
+    pub fn http2(&self) -> crate::server::connection::Http2Settings {
+        crate::server::connection::Http2Settings {
+            max_concurrent_streams: self.max_streams_per_connection,
+            max_age: self.max_age,
+            max_age_grace: self.max_age_grace,
+            max_idle: self.max_idle,
+        }
     }
 }
 
@@ -288,6 +403,22 @@ fn parse_optional_duration(s: &str) -> Result<OptionalDuration, String> {
         return Ok(OptionalDuration(None));
     }
     parse_duration(s).map(|d| OptionalDuration(Some(d))).map_err(|e| format!("{e}, or off"))
+}
+
+/// A size in bytes: a number, optionally followed by `KiB`, `MiB` or `GiB`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        other => return Err(format!("unknown unit {other:?} (examples: 65536, 512KiB, 16MiB)")),
+    };
+    let n: usize = digits.parse().map_err(|_| format!("{s:?} is not a size (examples: 65536, 512KiB, 16MiB)"))?;
+    n.checked_mul(1 << shift).ok_or_else(|| format!("{s} is too large"))
 }
 
 /// Where the HTTP metrics and probe endpoint listens.
@@ -690,6 +821,11 @@ mod tests {
                 handshake_timeout: Duration::from_secs(10),
                 max_connections: 4096,
                 call_timeout: Duration::from_secs(30),
+                max_idle: Some(Duration::from_secs(300)),
+                max_calls: 2048,
+                max_request_bytes: 16 * 1024 * 1024,
+                request_timeout: Duration::from_secs(5),
+                max_streams_per_connection: 100,
             }
         );
         let set = config(&[
@@ -703,6 +839,16 @@ mod tests {
             "100",
             "--call-timeout",
             "1m",
+            "--max-connection-idle",
+            "off",
+            "--max-calls-in-flight",
+            "50",
+            "--max-request-bytes",
+            "512KiB",
+            "--request-timeout",
+            "2s",
+            "--max-streams-per-connection",
+            "16",
         ])
         .unwrap()
         .connections;
@@ -714,8 +860,29 @@ mod tests {
                 handshake_timeout: Duration::from_secs(3),
                 max_connections: 100,
                 call_timeout: Duration::from_secs(60),
+                max_idle: None,
+                max_calls: 50,
+                max_request_bytes: 512 * 1024,
+                request_timeout: Duration::from_secs(2),
+                max_streams_per_connection: 16,
             }
         );
+        for (flag, value) in [
+            ("--max-connection-idle", "0s"),
+            ("--max-calls-in-flight", "0"),
+            ("--max-request-bytes", "64KiB"),
+            ("--max-request-bytes", "2GiB"),
+            ("--request-timeout", "50ms"),
+            ("--request-timeout", "31s"),
+            ("--max-streams-per-connection", "0"),
+        ] {
+            assert_eq!(config(&[flag, value]).unwrap_err().flag, flag, "{flag} {value}");
+        }
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size(" 65541 "), Ok(65541));
+        assert!(parse_size("16MB").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
         assert_eq!(config(&["--max-connection-age", "OFF"]).unwrap().connections.max_age, None);
         let zero = config(&["--max-connection-age", "0s"]).unwrap_err();
         assert_eq!(zero.flag, "--max-connection-age");

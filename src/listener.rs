@@ -31,18 +31,20 @@
 //! preface it only forwards (one branch per read), so established
 //! connections pay nothing for it.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::{Instant, Sleep};
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
@@ -73,51 +75,334 @@ const HANDOVER_QUEUE: usize = 64;
 /// they have arrived.
 pub const PREFACE_LEN: usize = 24 + 9;
 
-/// The cap on open client connections, shared by the accept loop and the
-/// connections (each holds a [`Slot`]).
-#[derive(Clone, Debug)]
-pub struct ConnectionSlots {
-    slots: Arc<Semaphore>,
-    max: usize,
-    open: Gauge,
+/// Wait, with every slot taken, before asking one more idle connection to
+/// close when the last one asked has not closed yet (a client that does
+/// not answer the GOAWAY's PING is closed after [`EVICTION_GRACE`]).
+pub const EVICTION_RETRY: Duration = Duration::from_millis(50);
+/// How long a connection asked to make room has to close after its GOAWAY
+/// before it is closed anyway. It had no call in progress when asked; a
+/// call it starts after the GOAWAY is refused with `REFUSED_STREAM`, which
+/// clients retry on a new connection.
+pub const EVICTION_GRACE: Duration = Duration::from_secs(1);
+/// Least time a connection must have been idle to be asked to make room:
+/// a new client gets this long, after its accept, to make its first call
+/// (measured: with 136 clients that reconnect as soon as they are closed
+/// churning a 64-slot table, a new client was closed before its request was
+/// read, 3,400 times a second, until this was added).
+pub const EVICTION_MIN_IDLE: Duration = Duration::from_millis(100);
+/// Most connections asked to make room that have not closed yet.
+pub const MAX_PENDING_EVICTIONS: usize = 8;
+
+/// Why a connection was asked to close by the server (a metrics label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// The table was full and it was the connection idle the longest.
+    MakeRoom,
+    /// It had no call in progress for `--max-connection-idle`.
+    Idle,
 }
 
-impl ConnectionSlots {
-    /// `max` slots (at least one); `open` follows the connections open.
-    pub fn new(max: usize, open: Gauge) -> Self {
+impl CloseReason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::MakeRoom => "make_room",
+            CloseReason::Idle => "idle",
+        }
+    }
+}
+
+/// The metrics of one listener's connection table.
+#[derive(Clone, Debug, Default)]
+pub struct TableMetrics {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections the server asked to close, by [`CloseReason`].
+    pub closed_by_server:
+        prometheus_client::metrics::family::Family<CloseLabels, prometheus_client::metrics::counter::Counter>,
+}
+
+/// Labels of [`TableMetrics::closed_by_server`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct CloseLabels {
+    /// `grpc` or `metrics`.
+    pub listener: &'static str,
+    /// [`CloseReason::as_str`].
+    pub reason: &'static str,
+}
+
+/// The connections open on one listener, at most `max` at once.
+///
+/// With every slot taken a new connection is not simply left waiting: an
+/// idle connection (no call in progress for at least [`EVICTION_MIN_IDLE`])
+/// is asked to close, one that never made a call first, then the one idle
+/// the longest (HTTP/2 GOAWAY; the metrics port closes it at once), and the new
+/// one takes its slot. So connections that only hold their place, however
+/// many, cannot lock out new clients or health probes, as long as some
+/// connection is idle; the cap on calls in flight
+/// (`--max-calls-in-flight`, below the connection cap) keeps it so. Only
+/// when every connection has a call in progress do new clients wait in the
+/// kernel's listen backlog.
+#[derive(Clone, Debug)]
+pub struct ConnectionTable {
+    inner: Arc<Table>,
+}
+
+#[derive(Debug)]
+struct Table {
+    listener: &'static str,
+    slots: Arc<Semaphore>,
+    max: usize,
+    metrics: TableMetrics,
+    /// The open connections, for the search of the one idle the longest.
+    connections: Mutex<HashMap<u64, Arc<ConnectionState>>>,
+    next_id: AtomicU64,
+    /// Asked to make room and not closed yet.
+    pending_evictions: AtomicUsize,
+    epoch: Instant,
+}
+
+impl ConnectionTable {
+    /// At most `max` connections (at least one) on the listener named
+    /// `listener` in metrics and logs.
+    pub fn new(listener: &'static str, max: usize, metrics: TableMetrics) -> Self {
         let max = max.clamp(1, Semaphore::MAX_PERMITS);
-        Self { slots: Arc::new(Semaphore::new(max)), max, open }
+        Self {
+            inner: Arc::new(Table {
+                listener,
+                slots: Arc::new(Semaphore::new(max)),
+                max,
+                metrics,
+                connections: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+                pending_evictions: AtomicUsize::new(0),
+                epoch: Instant::now(),
+            }),
+        }
     }
 
     /// The cap.
     pub fn max(&self) -> usize {
-        self.max
+        self.inner.max
     }
 
     /// Connections open now.
     pub fn open(&self) -> usize {
-        self.max - self.slots.available_permits()
+        self.inner.max - self.inner.slots.available_permits()
     }
 
-    /// Waits for a free slot.
-    async fn acquire(&self) -> Slot {
-        // The semaphore is never closed.
-        let permit = self.slots.clone().acquire_owned().await.expect("connection slots are never closed");
-        self.open.inc();
-        Slot { _permit: permit, open: self.open.clone() }
+    /// A slot for a new connection: a free one, or one made by asking the
+    /// connection idle the longest to close (see the type's docs).
+    pub async fn acquire(&self) -> Slot {
+        let table = &self.inner;
+        loop {
+            if let Ok(permit) = table.slots.clone().try_acquire_owned() {
+                return self.register(permit);
+            }
+            if table.pending_evictions.load(Ordering::Acquire) < MAX_PENDING_EVICTIONS {
+                self.evict_idlest();
+            }
+            tokio::select! {
+                permit = table.slots.clone().acquire_owned() => {
+                    return self.register(permit.expect("connection slots are never closed"));
+                }
+                () = tokio::time::sleep(EVICTION_RETRY) => {}
+            }
+        }
+    }
+
+    fn register(&self, permit: OwnedSemaphorePermit) -> Slot {
+        let table = &self.inner;
+        let id = table.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(ConnectionState::new(id, table.epoch));
+        table.connections.lock().unwrap_or_else(|e| e.into_inner()).insert(id, state.clone());
+        table.metrics.open.inc();
+        Slot { _permit: permit, state, table: self.inner.clone() }
+    }
+
+    /// Asks the connection idle the longest to close; false when none is idle.
+    fn evict_idlest(&self) -> bool {
+        let table = &self.inner;
+        let victim = {
+            let connections = table.connections.lock().unwrap_or_else(|e| e.into_inner());
+            connections
+                .values()
+                .filter(|c| !c.is_closing())
+                .filter_map(|c| c.idle_since_ms().map(|since| ((c.has_served(), since, c.id), c)))
+                .filter(|(_, c)| c.idle_for().is_some_and(|idle| idle >= EVICTION_MIN_IDLE))
+                .min_by_key(|(key, _)| *key)
+                .map(|(_, c)| c.clone())
+        };
+        let Some(victim) = victim else { return false };
+        if !victim.request_close(CloseReason::MakeRoom) {
+            return false;
+        }
+        table.pending_evictions.fetch_add(1, Ordering::AcqRel);
+        table
+            .metrics
+            .closed_by_server
+            .get_or_create(&CloseLabels { listener: table.listener, reason: CloseReason::MakeRoom.as_str() })
+            .inc();
+        debug!(
+            listener = table.listener,
+            connection = victim.id,
+            "every connection slot taken; asking the connection idle the longest to close"
+        );
+        true
+    }
+
+    /// Counts a connection closed for `reason` by its own serving task.
+    pub fn count_close(&self, reason: CloseReason) {
+        let table = &self.inner;
+        table
+            .metrics
+            .closed_by_server
+            .get_or_create(&CloseLabels { listener: table.listener, reason: reason.as_str() })
+            .inc();
     }
 }
 
-/// One connection's place under `--max-connections`, freed on drop.
+/// One connection's place in its [`ConnectionTable`], freed on drop.
 #[derive(Debug)]
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
-    open: Gauge,
+    state: Arc<ConnectionState>,
+    table: Arc<Table>,
+}
+
+impl Slot {
+    /// The connection's state, shared with its serving task and calls.
+    pub fn state(&self) -> &Arc<ConnectionState> {
+        &self.state
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.open.dec();
+        let table = &self.table;
+        table.connections.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.state.id);
+        if self.state.close_reason() == Some(CloseReason::MakeRoom) {
+            table.pending_evictions.fetch_sub(1, Ordering::AcqRel);
+        }
+        table.metrics.open.dec();
+    }
+}
+
+/// What the server knows of one open connection: how many of its calls are
+/// in progress, since when it has had none, and whether it was asked to
+/// close. Calls update it with two atomic operations each.
+#[derive(Debug)]
+pub struct ConnectionState {
+    id: u64,
+    /// Calls (HTTP/2 streams, HTTP/1 requests) in progress.
+    active: AtomicUsize,
+    /// Whether a call was ever made on it.
+    served: AtomicBool,
+    /// When the connection last had no call in progress, in milliseconds
+    /// since the table's epoch (its accept, to begin with).
+    idle_since: AtomicU64,
+    /// 0: not asked to close; else 1 + the [`CloseReason`]'s index.
+    close: AtomicU8,
+    asked: Notify,
+    epoch: Instant,
+}
+
+impl ConnectionState {
+    fn new(id: u64, epoch: Instant) -> Self {
+        let state = Self {
+            id,
+            active: AtomicUsize::new(0),
+            served: AtomicBool::new(false),
+            idle_since: AtomicU64::new(0),
+            close: AtomicU8::new(0),
+            asked: Notify::new(),
+            epoch,
+        };
+        state.idle_since.store(state.now_ms(), Ordering::Relaxed);
+        state
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A call began on this connection; it is busy until the guard drops.
+    pub fn call_started(self: &Arc<Self>) -> CallOnConnection {
+        self.active.fetch_add(1, Ordering::AcqRel);
+        if !self.served.load(Ordering::Relaxed) {
+            self.served.store(true, Ordering::Relaxed);
+        }
+        CallOnConnection(self.clone())
+    }
+
+    /// Whether a call was ever made on it.
+    pub fn has_served(&self) -> bool {
+        self.served.load(Ordering::Relaxed)
+    }
+
+    /// Whether no call is in progress.
+    pub fn is_idle(&self) -> bool {
+        self.active.load(Ordering::Acquire) == 0
+    }
+
+    /// Since when (ms after the table's epoch) no call has been in
+    /// progress; `None` while one is.
+    fn idle_since_ms(&self) -> Option<u64> {
+        self.is_idle().then(|| self.idle_since.load(Ordering::Acquire))
+    }
+
+    /// How long no call has been in progress; `None` while one is.
+    pub fn idle_for(&self) -> Option<Duration> {
+        self.idle_since_ms().map(|since| Duration::from_millis(self.now_ms().saturating_sub(since)))
+    }
+
+    /// Asks the connection to close; false if it already was.
+    pub fn request_close(&self, reason: CloseReason) -> bool {
+        let code = 1 + reason as u8;
+        let asked = self.close.compare_exchange(0, code, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        if asked {
+            self.asked.notify_one();
+        }
+        asked
+    }
+
+    /// Why it was asked to close, if it was.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        match self.close.load(Ordering::Acquire) {
+            0 => None,
+            1 => Some(CloseReason::MakeRoom),
+            _ => Some(CloseReason::Idle),
+        }
+    }
+
+    fn is_closing(&self) -> bool {
+        self.close.load(Ordering::Acquire) != 0
+    }
+
+    /// Resolves once the connection has been asked to close.
+    pub async fn close_requested(&self) -> CloseReason {
+        loop {
+            if let Some(reason) = self.close_reason() {
+                return reason;
+            }
+            self.asked.notified().await;
+        }
+    }
+}
+
+/// A call in progress on a connection ([`ConnectionState::call_started`]).
+#[derive(Debug)]
+pub struct CallOnConnection(Arc<ConnectionState>);
+
+impl Drop for CallOnConnection {
+    fn drop(&mut self) {
+        let state = &self.0;
+        // The last call out stamps the start of the idle time. A call
+        // starting in between makes the stamp early, never late: at worst
+        // the connection looks idle a little longer than it was.
+        if state.active.fetch_sub(1, Ordering::AcqRel) == 1 {
+            state.idle_since.store(state.now_ms(), Ordering::Release);
+        }
     }
 }
 
@@ -205,24 +490,20 @@ impl AcceptErrors {
 }
 
 /// The plaintext listener's connections (`TCP_NODELAY` set), at most
-/// `slots.max()` open at once, each given `handshake_timeout` from its
-/// accept to send the preface. The accept loop stops (and the listener
-/// closes) as soon as the stream is dropped, which tonic does when the
-/// drain starts.
+/// `table.max()` open at once, each given `handshake_timeout` from the
+/// moment it has a slot to send the preface. The accept loop stops (and
+/// the listener closes) as soon as the stream is dropped, which the server
+/// does when the drain starts.
 pub fn plaintext(
     listener: TcpListener,
-    slots: ConnectionSlots,
+    table: ConnectionTable,
     handshake_timeout: Duration,
 ) -> ReceiverStream<io::Result<Connection<TcpStream>>> {
     let (tx, rx) = mpsc::channel(HANDOVER_QUEUE);
     tokio::spawn(async move {
         let mut errors = AcceptErrors::new("grpc");
         loop {
-            let Some(slot) = slot_unless_closed(&slots, &tx).await else { return };
-            let (tcp, peer) = tokio::select! {
-                () = tx.closed() => return,
-                accepted = accept(&listener, &mut errors) => accepted,
-            };
+            let Some((tcp, peer, slot)) = accept_into(&listener, &table, &mut errors, &tx).await else { return };
             let _ = tcp.set_nodelay(true);
             let connection = Connection::new(tcp, Instant::now() + handshake_timeout, Some(peer), slot);
             if tx.send(Ok(connection)).await.is_err() {
@@ -233,12 +514,22 @@ pub fn plaintext(
     ReceiverStream::new(rx)
 }
 
-/// Waits for a free slot under `slots`, or returns `None` once `tx` is
-/// closed (the server stopped taking connections): for accept loops.
-pub(crate) async fn slot_unless_closed<T>(slots: &ConnectionSlots, tx: &mpsc::Sender<T>) -> Option<Slot> {
+/// Accepts the next connection, then waits for its slot in `table` (a
+/// full table makes room only for a client that is really there); `None`
+/// once `tx` is closed (the server stopped taking connections).
+pub(crate) async fn accept_into<T>(
+    listener: &TcpListener,
+    table: &ConnectionTable,
+    errors: &mut AcceptErrors,
+    tx: &mpsc::Sender<T>,
+) -> Option<(TcpStream, SocketAddr, Slot)> {
+    let (tcp, peer) = tokio::select! {
+        () = tx.closed() => return None,
+        accepted = accept(listener, errors) => accepted,
+    };
     tokio::select! {
         () = tx.closed() => None,
-        slot = slots.acquire() => Some(slot),
+        slot = table.acquire() => Some((tcp, peer, slot)),
     }
 }
 
@@ -258,6 +549,11 @@ impl<T> Connection<T> {
     /// Wraps `inner`, which must have sent the preface by `deadline`.
     pub fn new(inner: T, deadline: Instant, peer: Option<SocketAddr>, slot: Slot) -> Self {
         Self { inner, deadline: Some(Box::pin(tokio::time::sleep_until(deadline))), received: 0, peer, _slot: slot }
+    }
+
+    /// The connection's state in its table.
+    pub fn state(&self) -> &Arc<ConnectionState> {
+        self._slot.state()
     }
 
     /// Whether the deadline still applies (the preface has not all arrived).
@@ -346,7 +642,7 @@ mod tests {
 
     async fn pair() -> (DuplexStream, Connection<DuplexStream>) {
         let (client, server) = tokio::io::duplex(1024);
-        let slot = ConnectionSlots::new(1, Gauge::default()).acquire().await;
+        let slot = ConnectionTable::new("test", 1, TableMetrics::default()).acquire().await;
         (client, Connection::new(server, Instant::now() + TIMEOUT, None, slot))
     }
 
@@ -360,20 +656,117 @@ mod tests {
 
     #[tokio::test]
     async fn slots_count_open_connections_and_free_on_drop() {
-        let gauge = Gauge::default();
-        let slots = ConnectionSlots::new(2, gauge.clone());
-        let a = slots.acquire().await;
-        let b = slots.acquire().await;
-        assert_eq!((slots.open(), gauge.get()), (2, 2));
-        let mut third = std::pin::pin!(slots.acquire());
+        let metrics = TableMetrics::default();
+        let table = ConnectionTable::new("test", 2, metrics.clone());
+        let a = table.acquire().await;
+        let b = table.acquire().await;
+        assert_eq!((table.open(), metrics.open.get()), (2, 2));
+        // Both busy: nothing to make room from, so a third waits.
+        let (_call_a, _call_b) = (a.state().call_started(), b.state().call_started());
+        let mut third = std::pin::pin!(table.acquire());
         let waits = std::future::poll_fn(|cx| Poll::Ready(third.as_mut().poll(cx).is_pending())).await;
         assert!(waits, "a third slot out of two");
+        assert_eq!(a.state().close_reason(), None, "a busy connection is never asked to close");
         drop(a);
         let c = third.await;
-        assert_eq!((slots.open(), gauge.get()), (2, 2));
+        assert_eq!((table.open(), metrics.open.get()), (2, 2));
         drop((b, c));
-        assert_eq!((slots.open(), gauge.get()), (0, 0));
-        assert_eq!(ConnectionSlots::new(0, Gauge::default()).max(), 1, "never zero slots");
+        assert_eq!((table.open(), metrics.open.get()), (0, 0));
+        assert_eq!(ConnectionTable::new("test", 0, TableMetrics::default()).max(), 1, "never zero slots");
+    }
+
+    /// The close reason a slot's connection was asked for, once asked.
+    async fn asked(slot: &Slot) -> CloseReason {
+        tokio::time::timeout(Duration::from_secs(5), slot.state().close_requested()).await.expect("asked to close")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_table_makes_room_from_an_idle_connection_never_served_first_then_idle_longest() {
+        let metrics = TableMetrics::default();
+        let table = ConnectionTable::new("test", 3, metrics.clone());
+        let served_long_ago = table.acquire().await;
+        drop(served_long_ago.state().call_started());
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let busy = table.acquire().await;
+        let _call = busy.state().call_started();
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let never_served = table.acquire().await;
+        tokio::time::advance(EVICTION_MIN_IDLE).await;
+
+        // Full: the fourth asks the connection that never made a call, even
+        // though the served one has been idle longer.
+        let table2 = table.clone();
+        let fourth = tokio::spawn(async move { table2.acquire().await });
+        assert_eq!(asked(&never_served).await, CloseReason::MakeRoom);
+        assert_eq!(served_long_ago.state().close_reason(), None);
+        assert_eq!(busy.state().close_reason(), None);
+        drop(never_served); // its serving task closes it
+        let fourth = fourth.await.unwrap();
+        let count = |reason: CloseReason| {
+            metrics.closed_by_server.get_or_create(&CloseLabels { listener: "test", reason: reason.as_str() }).get()
+        };
+        assert_eq!(count(CloseReason::MakeRoom), 1);
+
+        // Full again, and every idle connection has made a call: the one
+        // idle the longest is asked.
+        drop(fourth.state().call_started());
+        let table3 = table.clone();
+        let fifth = tokio::spawn(async move { table3.acquire().await });
+        assert_eq!(asked(&served_long_ago).await, CloseReason::MakeRoom);
+        assert_eq!(fourth.state().close_reason(), None, "idle for less time");
+        drop(served_long_ago);
+        let _fifth = fifth.await.unwrap();
+        assert_eq!(count(CloseReason::MakeRoom), 2);
+        assert_eq!(busy.state().close_reason(), None, "a busy connection is never asked to close");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_connection_gets_time_to_make_its_first_call() {
+        let table = ConnectionTable::new("test", 1, TableMetrics::default());
+        let new = table.acquire().await;
+        let table2 = table.clone();
+        let next = tokio::spawn(async move { table2.acquire().await });
+        let started = Instant::now();
+        assert_eq!(asked(&new).await, CloseReason::MakeRoom);
+        assert!(started.elapsed() >= EVICTION_MIN_IDLE, "asked after {:?}", started.elapsed());
+        drop(new);
+        let _next = next.await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_that_does_not_close_is_not_waited_for_alone() {
+        let table = ConnectionTable::new("test", 2, TableMetrics::default());
+        let a = table.acquire().await;
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let b = table.acquire().await;
+        let table2 = table.clone();
+        let third = tokio::spawn(async move { table2.acquire().await });
+        assert_eq!(asked(&a).await, CloseReason::MakeRoom);
+        // a ignores its GOAWAY; after EVICTION_RETRY the next idlest is asked.
+        assert_eq!(asked(&b).await, CloseReason::MakeRoom);
+        drop(b);
+        let _third = third.await.unwrap();
+        drop(a);
+        assert_eq!(table.open(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_time_counts_from_the_last_call_out() {
+        let table = ConnectionTable::new("test", 1, TableMetrics::default());
+        let slot = table.acquire().await;
+        let state = slot.state();
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(state.idle_for(), Some(Duration::from_secs(5)), "idle since accept");
+        let one = state.call_started();
+        let two = state.call_started();
+        assert_eq!(state.idle_for(), None);
+        drop(one);
+        assert_eq!(state.idle_for(), None, "one call still in progress");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        drop(two);
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert_eq!(state.idle_for(), Some(Duration::from_secs(3)));
+        assert!(state.has_served());
     }
 
     #[tokio::test(start_paused = true)]

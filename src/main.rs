@@ -15,12 +15,23 @@ const EX_USAGE: u8 = 64;
 /// Exit code when the service cannot run (BSD `EX_UNAVAILABLE`).
 const EX_UNAVAILABLE: u8 = 69;
 
-/// mimalloc instead of the system allocator: a call allocates and frees
-/// dozens of small buffers (HTTP/2 frames, headers, the answer); glibc's
-/// malloc was a tenth of the server's time under load, and mimalloc served
-/// 6–15 % more calls per second (README, Performance).
+/// jemalloc instead of the system allocator: a call allocates and frees
+/// dozens of small buffers (HTTP/2 frames, headers, the answer), and glibc's
+/// malloc was a tenth of the server's time under load. jemalloc rather than
+/// mimalloc (used before) because, with its background thread on
+/// ([`return_freed_memory`]), it gives memory freed after a burst back to
+/// the OS within seconds; mimalloc kept it (docs/operations.md, "Memory").
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// Turns on jemalloc's background thread, which purges freed pages after
+/// `dirty_decay_ms` (10 s) even while the server is idle; without it,
+/// purging only happens inside later allocations.
+fn return_freed_memory() {
+    if let Err(e) = tikv_jemalloc_ctl::background_thread::write(true) {
+        tracing::warn!(error = %e, "cannot start the allocator's background thread; memory freed after a burst may stay with the process");
+    }
+}
 
 fn main() -> ExitCode {
     // The matches tell flags given on the command line from env vars and defaults.
@@ -44,13 +55,16 @@ fn main() -> ExitCode {
             command => {
                 telemetry::init(cli.log_format, default_level, None);
                 match command {
-                    Command::Demo(args) => match clerk_introspect::demo::run(args).await {
-                        Ok(()) => ExitCode::SUCCESS,
-                        Err(e) => {
-                            eprintln!("clerk-introspect demo: {e}");
-                            ExitCode::from(EX_UNAVAILABLE)
+                    Command::Demo(args) => {
+                        return_freed_memory();
+                        match clerk_introspect::demo::run(args).await {
+                            Ok(()) => ExitCode::SUCCESS,
+                            Err(e) => {
+                                eprintln!("clerk-introspect demo: {e}");
+                                ExitCode::from(EX_UNAVAILABLE)
+                            }
                         }
-                    },
+                    }
                     Command::Verify(args) => ExitCode::from(clerk_introspect::cli::verify::run(&args).await),
                     Command::Inspect(args) => ExitCode::from(clerk_introspect::cli::inspect::run(&args)),
                     Command::CheckIssuer(args) => ExitCode::from(clerk_introspect::cli::check_issuer::run(&args).await),
@@ -89,6 +103,7 @@ async fn serve(args: ServeArgs, matches: Option<&ArgMatches>, log_format: LogFor
             return ExitCode::from(EX_USAGE);
         }
     };
+    return_freed_memory();
     let code = serve_with_telemetry(&args, matches, otel.meter()).await;
     // Flush what is buffered (spans, the last metric values) before exiting.
     match tokio::task::spawn_blocking(move || otel.shutdown()).await {

@@ -35,7 +35,7 @@ use tokio_rustls::server::TlsStream;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tracing::{debug, info};
 
-use crate::listener::{self, AcceptErrors, ConnectionSlots};
+use crate::listener::{self, AcceptErrors, ConnectionTable};
 
 /// Most handshakes in progress at once; further connections wait in the
 /// kernel's accept queue.
@@ -296,25 +296,24 @@ pub type Connection = listener::Connection<TlsStream<TcpStream>>;
 pub fn incoming(
     listener: TcpListener,
     tls: Arc<TlsState>,
-    slots: ConnectionSlots,
+    table: ConnectionTable,
     timeout: Duration,
 ) -> ReceiverStream<io::Result<Connection>> {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(accept_loop(listener, tls, slots, timeout, tx));
+    tokio::spawn(accept_loop(listener, tls, table, timeout, tx));
     ReceiverStream::new(rx)
 }
 
 async fn accept_loop(
     listener: TcpListener,
     tls: Arc<TlsState>,
-    slots: ConnectionSlots,
+    table: ConnectionTable,
     timeout: Duration,
     tx: mpsc::Sender<io::Result<Connection>>,
 ) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     let mut errors = AcceptErrors::new("grpc");
     loop {
-        let Some(slot) = listener::slot_unless_closed(&slots, &tx).await else { return };
         let permit = tokio::select! {
             () = tx.closed() => return,
             permit = pending.clone().acquire_owned() => match permit {
@@ -322,10 +321,7 @@ async fn accept_loop(
                 Err(_) => return,
             },
         };
-        let (tcp, peer) = tokio::select! {
-            () = tx.closed() => return,
-            accepted = listener::accept(&listener, &mut errors) => accepted,
-        };
+        let Some((tcp, peer, slot)) = listener::accept_into(&listener, &table, &mut errors, &tx).await else { return };
         let _ = tcp.set_nodelay(true);
         let deadline = Instant::now() + timeout;
         let acceptor = tls.acceptor();

@@ -251,6 +251,14 @@ pub fn summary(config: &Config) -> String {
             c.max_age_grace.as_secs_f64()
         )),
     ));
+    out.push_str(&format!(
+        "  calls: at most {} in flight ({} per connection), {} request bytes held, requests within {} s; idle connections closed after {}\n",
+        c.max_calls,
+        c.max_streams_per_connection,
+        c.max_request_bytes,
+        c.request_timeout.as_secs_f64(),
+        c.max_idle.map_or("never".to_owned(), |idle| format!("{} s", idle.as_secs_f64())),
+    ));
     for i in &config.issuers {
         let source = match &i.source {
             KeySource::Discovery => "keys by discovery".to_owned(),

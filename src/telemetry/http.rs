@@ -11,10 +11,12 @@
 //!
 //! Requests carry no body we read; hyper bounds the request head. The
 //! endpoint speaks HTTP/1.1 (what Prometheus and the kubelet use), serves at
-//! most [`MAX_CONNECTIONS`] connections at once (further ones wait in the
-//! listen backlog) and closes a connection that takes longer than
-//! [`HEADER_READ_TIMEOUT`] to send a request head, so idle or slow clients
-//! cannot hold the port.
+//! most [`MAX_CONNECTIONS`] connections at once, closes a connection that
+//! takes longer than [`HEADER_READ_TIMEOUT`] to send a request head, and,
+//! with every slot taken, closes an idle one (keep-alive, or still sending
+//! its head; the one idle the longest) to make room for a new client, so
+//! idle or slow clients cannot hold the port (see
+//! [`crate::listener::ConnectionTable`]).
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -55,17 +57,23 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The endpoint's connection limits ([`MAX_CONNECTIONS`] and
 /// [`HEADER_READ_TIMEOUT`] by default; tests shorten them).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Limits {
     /// Most connections served at once.
     pub max_connections: usize,
     /// Longest wait for a request head.
     pub header_read_timeout: Duration,
+    /// Where the connection table counts the connections it closes.
+    pub metrics: crate::listener::TableMetrics,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_connections: MAX_CONNECTIONS, header_read_timeout: HEADER_READ_TIMEOUT }
+        Self {
+            max_connections: MAX_CONNECTIONS,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            metrics: crate::listener::TableMetrics::default(),
+        }
     }
 }
 
@@ -182,7 +190,8 @@ pub async fn serve(
     state: HttpState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve_with(listener, state, Limits::default(), shutdown).await
+    let limits = Limits { metrics: state.metrics.metrics_port_connections(), ..Limits::default() };
+    serve_with(listener, state, limits, shutdown).await
 }
 
 /// [`serve`] with explicit [`Limits`].
@@ -200,26 +209,45 @@ pub async fn serve_with(
     );
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let table = crate::listener::ConnectionTable::new("metrics", limits.max_connections, limits.metrics.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut accept_errors = crate::listener::AcceptErrors::new("metrics");
     tokio::pin!(shutdown);
     loop {
-        // A free slot first, then a connection: beyond the cap, clients
-        // wait in the kernel's backlog rather than in our memory.
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-            () = &mut shutdown => break,
-        };
+        // A connection, then its slot: with every slot taken, an idle
+        // connection (keep-alive, or still sending its request head) is
+        // closed to make room, so slow clients cannot hold the port.
         let (stream, _) = tokio::select! {
             accepted = crate::listener::accept(&listener, &mut accept_errors) => accepted,
             () = &mut shutdown => break,
         };
-        let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service.clone()));
+        let slot = tokio::select! {
+            slot = table.acquire() => slot,
+            () = &mut shutdown => break,
+        };
+        let state = slot.state().clone();
+        let busy = state.clone();
+        let service = service.clone();
+        // Busy from a request's head to its answer; the answers are small
+        // and written at once.
+        let service = hyper::service::service_fn(move |request| {
+            let call = busy.call_started();
+            let answer = hyper::service::Service::call(&service, request);
+            async move {
+                let answer = answer.await;
+                drop(call);
+                answer
+            }
+        });
+        let connection = graceful.watch(http1.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
             // Errors here are the client's (a reset, a slow head): nothing to report.
-            let _ = connection.await;
-            drop(permit);
+            tokio::select! {
+                _ = connection => {}
+                // Asked to make room: HTTP/1 has no GOAWAY; close it.
+                _ = state.close_requested() => {}
+            }
+            drop(slot);
         });
     }
     drop(listener);
@@ -267,35 +295,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_beyond_the_cap_wait_until_one_closes() {
-        let limits = Limits { max_connections: 2, header_read_timeout: Duration::from_secs(60) };
+    async fn a_full_table_closes_an_idle_connection_for_a_new_client() {
+        let metrics = crate::listener::TableMetrics::default();
+        let limits =
+            Limits { max_connections: 2, header_read_timeout: Duration::from_secs(60), metrics: metrics.clone() };
         let (addr, stop, task) = endpoint(limits).await;
-        // Two connections that send nothing hold both slots.
-        let idle_a = TcpStream::connect(addr).await.unwrap();
-        let mut idle_b = TcpStream::connect(addr).await.unwrap();
-        // Make sure both were taken (the second answers, then stays open).
-        idle_b.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        // A connection that sends nothing, and one that made a request and
+        // stays open (keep-alive), hold both slots.
+        let mut silent = TcpStream::connect(addr).await.unwrap();
+        let mut kept_alive = TcpStream::connect(addr).await.unwrap();
+        kept_alive.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
         let mut first = [0u8; 15];
-        idle_b.read_exact(&mut first).await.unwrap();
+        kept_alive.read_exact(&mut first).await.unwrap();
         assert_eq!(&first, b"HTTP/1.1 200 OK");
 
-        let mut third = TcpStream::connect(addr).await.unwrap(); // the kernel's backlog takes it
-        let waiting = tokio::spawn(async move { healthz(&mut third).await });
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!waiting.is_finished(), "a third connection was served while two held the cap");
-
-        drop(idle_a);
-        let answer =
-            tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("served once a slot frees").unwrap();
+        // A probe is served at once: the silent one (never made a request) makes room.
+        let mut probe = TcpStream::connect(addr).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), healthz(&mut probe)).await.expect("served at once");
         assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
         assert!(answer.ends_with("ok\n"), "{answer}");
+        tokio::time::timeout(Duration::from_secs(5), closed_by_server(&mut silent))
+            .await
+            .expect("closed by the server");
+        let closed = metrics
+            .closed_by_server
+            .get_or_create(&crate::listener::CloseLabels { listener: "metrics", reason: "make_room" })
+            .get();
+        assert_eq!(closed, 1);
+        // The kept-alive one still answers.
+        kept_alive.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await.unwrap();
+        let mut rest = String::new();
+        kept_alive.read_to_string(&mut rest).await.unwrap();
+        assert!(rest.contains("HTTP/1.1 200 OK"), "{rest}");
         stop.cancel();
         task.await.unwrap().unwrap();
     }
 
     #[tokio::test]
     async fn a_connection_that_sends_no_request_head_in_time_is_closed() {
-        let limits = Limits { max_connections: 4, header_read_timeout: Duration::from_millis(200) };
+        let limits =
+            Limits { max_connections: 4, header_read_timeout: Duration::from_millis(200), ..Limits::default() };
         let (addr, stop, task) = endpoint(limits).await;
         // Nothing at all, and half a request head (slowloris).
         let mut silent = TcpStream::connect(addr).await.unwrap();

@@ -13,6 +13,12 @@
 //! | `clerk_introspect_unknown_kid_refetches_suppressed_total` | counter | `issuer` |
 //! | `clerk_introspect_connections` | gauge | none |
 //! | `clerk_introspect_connections_max` | gauge | none |
+//! | `clerk_introspect_connections_closed_by_server_total` | counter | `listener`, `reason` |
+//! | `clerk_introspect_calls_in_flight` | gauge | none |
+//! | `clerk_introspect_calls_in_flight_max` | gauge | none |
+//! | `clerk_introspect_request_bytes_buffered` | gauge | none |
+//! | `clerk_introspect_request_bytes_buffered_max` | gauge | none |
+//! | `clerk_introspect_calls_refused_total` | counter | `limit` |
 //! | `clerk_introspect_build_info` | gauge | `version` |
 //!
 //! Labels are bounded: `rpc` and `reason` are fixed strings, `issuer` is
@@ -170,6 +176,47 @@ impl Collector for KeyGauges {
     }
 }
 
+/// The server limits' use, read at scrape time (the hot path updates
+/// nothing for them).
+#[derive(Debug, Default)]
+struct LimitGauges {
+    limits: OnceLock<crate::server::limits::CallLimits>,
+}
+
+impl Collector for LimitGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(limits) = self.limits.get() else { return Ok(()) };
+        let settings = limits.settings();
+        let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+        for (name, help, value) in [
+            (
+                "calls_in_flight",
+                "gRPC calls in progress on the listener (health checks included)",
+                limits.calls_in_flight(),
+            ),
+            (
+                "calls_in_flight_max",
+                "Most gRPC calls in progress at once (--max-calls-in-flight; health checks have 64 more)",
+                settings.max_calls,
+            ),
+            (
+                "request_bytes_buffered",
+                "Bytes of gRPC requests read and held by calls in progress",
+                limits.request_bytes(),
+            ),
+            (
+                "request_bytes_buffered_max",
+                "Most bytes of requests held at once (--max-request-bytes)",
+                settings.max_request_bytes,
+            ),
+        ] {
+            let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            ConstGauge::new(as_i64(value)).encode(family)?;
+        }
+        Ok(())
+    }
+}
+
 /// The same metrics as OpenTelemetry instruments (exported over OTLP).
 struct OtelInstruments {
     verifications: opentelemetry::metrics::Counter<u64>,
@@ -258,6 +305,9 @@ pub struct Metrics {
     keys: Arc<KeyGauges>,
     connections: Gauge,
     connections_max: Gauge,
+    closed_by_server: Family<crate::listener::CloseLabels, Counter>,
+    refused: Family<crate::server::limits::RefusalLabels, Counter>,
+    limits: Arc<LimitGauges>,
     otel: Option<OtelInstruments>,
     /// Each RPC's in-flight gauge and latency histogram, looked up in their
     /// families once (on the RPC's first call) instead of on every call.
@@ -328,6 +378,20 @@ impl Metrics {
             "Most client connections the gRPC listener holds open at once (--max-connections, as lowered to the open-files limit)",
             connections_max.clone(),
         );
+        let closed_by_server = Family::<crate::listener::CloseLabels, Counter>::default();
+        registry.register(
+            "connections_closed_by_server",
+            "Connections the server asked to close, by listener (grpc, metrics) and reason (make_room: the table was full and a new client came; idle: --max-connection-idle)",
+            closed_by_server.clone(),
+        );
+        let refused = Family::<crate::server::limits::RefusalLabels, Counter>::default();
+        registry.register(
+            "calls_refused",
+            "gRPC calls refused by a server limit (calls_in_flight, request_bytes: RESOURCE_EXHAUSTED; request_timeout: DEADLINE_EXCEEDED)",
+            refused.clone(),
+        );
+        let limits = Arc::new(LimitGauges::default());
+        registry.register_collector(Box::new(limits.clone()));
         let otel = meter.map(|m| OtelInstruments::new(m, &keys, &connections));
         Self {
             registry,
@@ -339,6 +403,9 @@ impl Metrics {
             keys,
             connections,
             connections_max,
+            closed_by_server,
+            refused,
+            limits,
             otel,
             per_rpc: Default::default(),
         }
@@ -358,11 +425,31 @@ impl Metrics {
         })
     }
 
-    /// The gauge of open gRPC client connections (for
-    /// [`crate::listener::ConnectionSlots`]); records `max` as their cap.
-    pub fn connection_gauge(&self, max: usize) -> Gauge {
+    /// The metrics of the gRPC listener's connection table
+    /// ([`crate::listener::ConnectionTable`]); records `max` as its cap.
+    pub fn grpc_connections(&self, max: usize) -> crate::listener::TableMetrics {
         self.connections_max.set(i64::try_from(max).unwrap_or(i64::MAX));
-        self.connections.clone()
+        crate::listener::TableMetrics {
+            open: self.connections.clone(),
+            closed_by_server: self.closed_by_server.clone(),
+        }
+    }
+
+    /// The metrics of the metrics port's connection table (its open
+    /// connections are not exported; its closes are).
+    pub fn metrics_port_connections(&self) -> crate::listener::TableMetrics {
+        crate::listener::TableMetrics { open: Gauge::default(), closed_by_server: self.closed_by_server.clone() }
+    }
+
+    /// The counters of calls refused by the server's limits.
+    pub fn call_limits(&self) -> crate::server::limits::LimitMetrics {
+        crate::server::limits::LimitMetrics { refused: self.refused.clone() }
+    }
+
+    /// Reads calls in flight and request bytes buffered from `limits` at
+    /// scrape time. Only the first call counts.
+    pub fn watch_limits(&self, limits: &crate::server::limits::CallLimits) {
+        let _ = self.limits.limits.set(limits.clone());
     }
 
     /// Reads key state from `verifier` (held weakly: the key caches hold

@@ -9,6 +9,7 @@ mod deploy;
 mod ext_authz;
 mod keys;
 mod lifecycle;
+mod limits;
 mod liveness;
 mod property;
 mod reasons;

@@ -98,9 +98,22 @@ fn any_value_text(v: &Option<AnyValue>) -> String {
 
 // === the binary, with OTLP export ===
 
+/// A child process killed if the test ends (or panics) while it runs, so
+/// that it never outlives the test holding the test's output pipes.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// The running binary: its stderr lines (JSON logs) and addresses.
 struct Child {
-    child: std::process::Child,
+    child: KillOnDrop,
     grpc: String,
     http: String,
     log: std::thread::JoinHandle<Vec<String>>,
@@ -154,7 +167,7 @@ fn spawn_binary(issuer: &str, otlp: &str) -> Child {
             http = Some(addr);
         }
     }
-    Child { child, grpc: grpc.unwrap(), http: http.unwrap(), log }
+    Child { child: KillOnDrop(child), grpc: grpc.unwrap(), http: http.unwrap(), log }
 }
 
 async fn wait_serving(channel: Channel) {
@@ -240,9 +253,9 @@ async fn otlp_export_continues_the_callers_trace() {
     assert_eq!(exports_before_shutdown, 0, "spans wait for the batch (or the shutdown flush)");
 
     // SIGTERM: drain, then flush the exporters before exiting.
-    let kill = Command::new("kill").args(["-TERM", &child.child.id().to_string()]).status().unwrap();
+    let kill = Command::new("kill").args(["-TERM", &child.child.0.id().to_string()]).status().unwrap();
     assert!(kill.success());
-    let status = tokio::task::spawn_blocking(move || child.child.wait()).await.unwrap().unwrap();
+    let status = tokio::task::spawn_blocking(move || child.child.0.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0));
     let lines = child.log.join().unwrap();
     for line in &lines {

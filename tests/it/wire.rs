@@ -158,7 +158,7 @@ async fn a_client_that_makes_the_server_reset_stream_after_stream_gets_goaway() 
     // Each stream: a request, then a WINDOW_UPDATE that overflows its
     // window, a stream error the server answers with RST_STREAM.
     let attack = tokio::spawn(async move {
-        for i in 0..2 * clerk_introspect::server::MAX_LOCAL_ERROR_RESETS as u32 {
+        for i in 0..2 * clerk_introspect::server::connection::MAX_LOCAL_ERROR_RESETS as u32 {
             let stream = 2 * i + 1;
             let mut frames = raw_frame(HEADERS, 0x4, stream, &block);
             frames.extend(raw_frame(WINDOW_UPDATE, 0, stream, &0x7fff_ffffu32.to_be_bytes()));
@@ -191,6 +191,9 @@ async fn a_client_that_makes_the_server_reset_stream_after_stream_gets_goaway() 
     .expect("the server answers (a guard against a hang)");
     attack.abort();
     assert_eq!(goaway, Some(ENHANCE_YOUR_CALM), "after {resets} resets");
-    assert!(resets <= clerk_introspect::server::MAX_LOCAL_ERROR_RESETS + 1, "{resets} resets before the GOAWAY");
+    assert!(
+        resets <= clerk_introspect::server::connection::MAX_LOCAL_ERROR_RESETS + 1,
+        "{resets} resets before the GOAWAY"
+    );
     server.stop().await.unwrap();
 }

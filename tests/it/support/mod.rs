@@ -184,6 +184,32 @@ pub async fn raw_health_check(client: &mut h2::client::SendRequest<bytes::Bytes>
     response.await.expect("an answer on the same connection").status().as_u16()
 }
 
+/// An HTTP/2 connection to `addr` (no reconnects behind the test's back).
+pub async fn h2_connect(
+    addr: std::net::SocketAddr,
+) -> (h2::client::SendRequest<bytes::Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    (client, tokio::spawn(connection))
+}
+
+/// Starts a Verify call whose request never comes: the connection is busy
+/// while the returned stream is held.
+pub async fn hold_a_call(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    addr: std::net::SocketAddr,
+) -> (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>) {
+    let mut ready = client.clone().ready().await.expect("the connection is open");
+    let request = http::Request::post(format!("http://{addr}/introspect.v1.TokenIntrospection/Verify"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let held = ready.send_request(request, false).unwrap();
+    *client = ready;
+    held
+}
+
 /// Runs an HTTP/2 client over `stream`: one Health/Check, `idle`, then
 /// another on the same connection, which must still be open.
 pub async fn still_served_after_idle<S>(stream: S, addr: SocketAddr, idle: Duration)

@@ -1,16 +1,21 @@
 //! Assembly and lifecycle: build the key caches, the verifier and the gRPC
 //! services from a [`Config`], serve them on a bound listener, and drain on
 //! shutdown within the grace period.
+//!
+//! [`connection`] serves each client connection (HTTP/2 settings, GOAWAY
+//! on drain, age, idleness or to make room); [`limits`] bounds what calls
+//! can make the server hold.
+
+pub mod connection;
+pub mod limits;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
-use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tracing::{info, warn};
 
@@ -18,13 +23,14 @@ use crate::config::{Config, ConnectionSettings};
 use crate::health::Readiness;
 use crate::keys::fetch::Fetcher;
 use crate::keys::{IssuerKeys, KeyContext};
-use crate::listener::ConnectionSlots;
+use crate::listener::ConnectionTable;
 use crate::pb;
 use crate::service::ext_authz::{self, AuthzConfig};
 use crate::service::{AuthzService, IntrospectService};
 use crate::telemetry::http::{HttpServer, HttpState};
 use crate::telemetry::{Metrics, Telemetry};
 use crate::verify::{Trust, TrustedIssuer, Verifier};
+use limits::CallLimits;
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -38,32 +44,10 @@ pub enum ServeError {
     /// The listener failed.
     #[error("cannot read the listener's address")]
     Listener(#[source] std::io::Error),
-    /// The gRPC server failed.
-    #[error("the gRPC server failed")]
-    Transport(#[source] tonic::transport::Error),
     /// TLS could not be configured.
     #[error("cannot configure TLS")]
     Tls(#[source] crate::tls::TlsError),
 }
-
-/// Most concurrent calls (HTTP/2 streams) per client connection.
-pub const MAX_CONCURRENT_STREAMS: u32 = 256;
-/// A connection that has sent nothing for this long gets an HTTP/2 PING...
-pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
-/// ...and is closed when the PING is not answered within this: a client
-/// that vanished (a node lost, a half-open TCP connection) does not keep
-/// its connection here for ever.
-pub const HTTP2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Most streams a connection may make the server reset for its own
-/// protocol errors (a flow-control window overflowed, frames on a closed
-/// stream) before it gets GOAWAY `ENHANCE_YOUR_CALM`: h2's and hyper's own
-/// default, which tonic's server switches off (it passes `None`, "no
-/// limit") unless it is set. Without it a client can make the server take
-/// requests and reset their streams for as long as it likes on one
-/// connection (the "MadeYouReset" attack, CVE-2025-8671; measured: 3,000
-/// such resets on one connection, no GOAWAY).
-pub const MAX_LOCAL_ERROR_RESETS: usize = 1024;
 
 /// The running parts of the service, shared by every RPC.
 #[derive(Debug, Clone)]
@@ -80,8 +64,10 @@ pub struct App {
     pub authz: Arc<AuthzConfig>,
     /// Client connection housekeeping (fixed at start; a reload keeps it).
     pub connections: ConnectionSettings,
-    /// The cap on open client connections, with its count.
-    pub connection_slots: ConnectionSlots,
+    /// The open client connections, at most `--max-connections`.
+    pub connection_table: ConnectionTable,
+    /// The budgets every call draws on (calls in flight, request bytes).
+    pub limits: CallLimits,
     /// Spans and metrics of this app (its own Prometheus registry).
     pub telemetry: Telemetry,
 }
@@ -107,6 +93,8 @@ impl App {
         metrics.watch_keys(&verifier);
         let readiness = Arc::new(Readiness::new(verifier.clone(), changed));
         let reload = Arc::new(crate::reload::ReloadContext::new(ctx, config));
+        let limits = CallLimits::new(config.connections.call_limits(), metrics.call_limits());
+        metrics.watch_limits(&limits);
         Ok(App {
             verifier,
             readiness,
@@ -114,10 +102,12 @@ impl App {
             reload,
             authz: Arc::new(config.authz.clone()),
             connections: config.connections,
-            connection_slots: ConnectionSlots::new(
+            connection_table: ConnectionTable::new(
+                "grpc",
                 config.connections.max_connections,
-                metrics.connection_gauge(config.connections.max_connections),
+                metrics.grpc_connections(config.connections.max_connections),
             ),
+            limits,
             telemetry: Telemetry::new(metrics),
         })
     }
@@ -217,27 +207,7 @@ pub async fn serve(
     let health_task =
         tokio::spawn(app.readiness.clone().publish(reporter.clone(), services.clone(), stop_health.clone()));
 
-    // HTTP/2 settings, measured with benches/loadgen.rs (README, Performance):
-    // at most 256 concurrent streams per connection (tonic's default is
-    // unbounded; with 512 calls in flight on one connection the bound cut
-    // p99 from ~75 ms to ~15 ms at the same throughput, the queue moving to
-    // the client); hyper's 1 MiB flow-control windows are kept (64 KiB or
-    // adaptive windows measured no different: messages are under 1 KiB).
-    let mut builder = Server::builder()
-        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
-        .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-        .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
-        .http2_max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESETS))
-        // With the client's grpc-timeout, whichever is shorter; answered
-        // CANCELLED "Timeout expired". A call that completes on its first
-        // poll pays for a timer made and dropped, never armed: 46 ns
-        // (measured on the current-thread runtime), under 0.5 % of a call.
-        .timeout(app.connections.call_timeout);
-    if let Some(age) = app.connections.max_age {
-        builder = builder.max_connection_age(age).max_connection_age_grace(app.connections.max_age_grace);
-    }
-    let router = builder
-        .add_service(health_service)
+    let routes = tonic::service::Routes::new(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(IntrospectService::new(app.verifier.clone()).with_telemetry(app.telemetry.clone()).into_server())
@@ -246,21 +216,18 @@ pub async fn serve(
                 .with_telemetry(app.telemetry.clone())
                 .into_server(),
         );
-
+    let http2 = app.connections.http2();
     let drain = CancellationToken::new();
-    let drain_signal = drain.clone().cancelled_owned();
+    let (table, limits) = (app.connection_table.clone(), app.limits.clone());
     let mut server = match app.tls.clone() {
         None => {
-            let incoming =
-                crate::listener::plaintext(listener, app.connection_slots.clone(), app.connections.handshake_timeout);
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming, drain_signal))
+            let incoming = crate::listener::plaintext(listener, table.clone(), app.connections.handshake_timeout);
+            tokio::spawn(connection::serve(incoming, routes, http2, limits, table, drain.clone()))
         }
         Some(tls) => {
             info!(mtls = tls.requires_client_certificates(), "TLS on the gRPC listener");
-            tokio::spawn(router.serve_with_incoming_shutdown(
-                crate::tls::incoming(listener, tls, app.connection_slots.clone(), app.connections.handshake_timeout),
-                drain_signal,
-            ))
+            let incoming = crate::tls::incoming(listener, tls, table.clone(), app.connections.handshake_timeout);
+            tokio::spawn(connection::serve(incoming, routes, http2, limits, table, drain.clone()))
         }
     };
     info!(%addr, "serving gRPC");
@@ -296,7 +263,7 @@ pub async fn serve(
     };
     stop_health.cancel();
     match result {
-        Ok(r) => r.map_err(ServeError::Transport),
+        Ok(()) => Ok(()),
         Err(join) => {
             warn!(error = %join, "the server task ended abnormally");
             Ok(())
