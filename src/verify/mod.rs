@@ -1,6 +1,7 @@
 //! The verification pipeline, in the contract's order:
 //!
-//! 1. input: size, three base64url parts, JSON objects, no `crit` ([`token`]);
+//! 1. input: size, three base64url parts, strict JSON objects ([`json`]),
+//!    no `crit`, no JWE or RFC 7797 members ([`token`]);
 //! 2. `alg`: never `none` or HMAC, and in the issuer's allow-list;
 //! 3. `iss`: exactly one of the configured issuers (a token without `iss`
 //!    is still signature-checked when only one issuer is configured, then
@@ -18,6 +19,7 @@
 
 pub mod cache;
 pub mod claims;
+pub mod json;
 pub mod rejection;
 pub mod token;
 
@@ -270,8 +272,7 @@ impl Verifier {
             cache.insert(*digest, &key, alg, exp.saturating_add(skew_of(&issuer.policy)), now);
         }
         let kind = claims::effective_kind(decoded.header.kind, &decoded.claims);
-        // The payload parsed as JSON, so it is UTF-8.
-        let payload = String::from_utf8(decoded.payload).map_err(|_| rejection::PAYLOAD_NOT_OBJECT)?;
+        let payload = decoded.payload;
         let verified = VerifiedToken {
             issuer: keys.issuer().clone(),
             key,
