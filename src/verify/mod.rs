@@ -6,7 +6,8 @@
 //! 3. `iss`: exactly one of the configured issuers (a token without `iss`
 //!    is still signature-checked when only one issuer is configured, then
 //!    refused);
-//! 4. key: by (issuer, kid), refetching once on an unknown kid; the
+//! 4. key: by (issuer, kid), refetching once on an unknown kid, and
+//!    fetching (rate-limited) when the issuer has no usable keys; the
 //!    algorithm must fit the key's type, curve and JWK `alg`;
 //! 5. signature, before any claim is trusted;
 //! 6. policy ([`claims::check`]): token kind, required claims, time,
@@ -239,12 +240,19 @@ impl Verifier {
         let keys = &issuer.keys;
         let unavailable = || {
             if has_iss {
+                keys.note_unavailable();
                 VerifyError::Unavailable { issuer: keys.issuer().clone() }
             } else {
                 rejection::NO_ISSUER.into()
             }
         };
-        let set = keys.usable().ok_or_else(unavailable)?;
+        let set = match keys.usable() {
+            Some(set) => set,
+            // No usable keys: a shared, rate-limited fetch, so that answers
+            // return as soon as the issuer does.
+            None if has_iss => keys.refetch_when_unusable().await.ok_or_else(unavailable)?,
+            None => return Err(unavailable()),
+        };
         let kid = decoded.header.kid.as_deref();
         let key = match lookup(&set, kid, alg, keys)? {
             Some(key) => key,
