@@ -344,3 +344,22 @@ async fn claims_nest_at_most_32_levels() {
         assert_eq!(status.get_details_error_info().unwrap().reason, "REASON_MALFORMED", "{levels} levels");
     }
 }
+
+/// Found by the differential test: an `alg` of five bytes with a non-ASCII
+/// character across its second byte ("aéxy") made the verifier slice a
+/// string inside a character and panic; the call was reset (CANCELLED)
+/// instead of answered.
+#[tokio::test]
+async fn any_alg_text_gets_an_answer() {
+    let key = TestKey::rsa("ins_test");
+    let issuer = TestIssuer::start(vec![key.clone()]).await.unwrap();
+    let server = Server::ready(&issuer).await;
+    let claims = issuer.session_claims(server.now());
+    for alg in ["aéxy", "x\u{feff}y", "Hé12", "HS25\u{e9}", "\u{1F600}", "é"] {
+        let token = key.mint_with_header(&json!({"alg": alg, "kid": "ins_test"}), &claims);
+        let answer = server.verify(&token).await;
+        assert_eq!(Reason::try_from(answer.reason).unwrap(), Reason::AlgorithmNotAllowed, "{alg}: {}", answer.message);
+    }
+    // The connection is still there for the next call.
+    assert_eq!(server.reason(&key.mint(&claims)).await, Reason::Valid);
+}
