@@ -165,6 +165,13 @@ impl<'de> Visitor<'de> for Walk<'_> {
     }
 }
 
+/// For `#[serde(deserialize_with)]` on an `Option<&RawValue>` member: the
+/// member is there whatever its value. `Option`'s own impl reads `null` as
+/// absent, which would make `"kid": null` or `"nbf": null` look missing.
+pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de serde_json::value::RawValue>, D::Error> {
+    <&serde_json::value::RawValue as de::Deserialize>::deserialize(d).map(Some)
+}
+
 /// A member name, borrowed from the text unless it has escapes.
 struct Name<'de>(Cow<'de, str>);
 
