@@ -7,7 +7,9 @@
 //            "requiredClaims": ["exp", "sub"]}
 //   then    "<token>"            (a JSON string: tokens may hold any character)
 // stdout, one line per token, in order:
-//   {"valid": true} or {"valid": false, "code": "ERR_...", "message": "..."}
+//   {"valid": true} or {"valid": false, "code": "ERR_..."}
+// (jose's messages are not sent: a JSON.parse error quotes the token's text,
+// lone surrogates included, which is not UTF-8 JSON.)
 //
 // The policy is what jose can be told: exactly these algorithms, this
 // issuer, this clock tolerance, these required claims, and the time fixed at
@@ -40,7 +42,7 @@ for await (const line of lines) {
     await jwtVerify(JSON.parse(line), keys, options)
     answer = { valid: true }
   } catch (err) {
-    answer = { valid: false, code: err?.code ?? 'ERR_UNEXPECTED', message: String(err?.message ?? err) }
+    answer = { valid: false, code: String(err?.code ?? err?.name ?? 'ERR_UNEXPECTED') }
   }
   process.stdout.write(JSON.stringify(answer) + '\n')
 }
