@@ -50,6 +50,8 @@ use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
 use tracing::{debug, warn};
 
+use crate::telemetry::throttle::LogThrottle;
+
 /// Default of `--handshake-timeout`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default of `--max-connections`.
@@ -462,30 +464,24 @@ fn is_client_error(e: &io::Error) -> bool {
 #[derive(Debug)]
 pub struct AcceptErrors {
     listener: &'static str,
-    last_logged: Option<Instant>,
-    since: u64,
+    log: LogThrottle,
 }
 
 impl AcceptErrors {
     /// For the listener named `listener` in the log (`grpc`, `metrics`).
     pub fn new(listener: &'static str) -> Self {
-        Self { listener, last_logged: None, since: 0 }
+        Self { listener, log: LogThrottle::new(ACCEPT_ERROR_LOG_INTERVAL) }
     }
 
     fn report(&mut self, e: &io::Error) {
-        if self.last_logged.is_some_and(|t| t.elapsed() < ACCEPT_ERROR_LOG_INTERVAL) {
-            self.since += 1;
-            return;
-        }
+        let Some(since) = self.log.admit() else { return };
         warn!(
             listener = self.listener,
             error = %e,
-            failed_since_last_report = self.since,
+            failed_since_last_report = since,
             retry_every = ?ACCEPT_ERROR_BACKOFF,
             "accepting a connection failed (out of file descriptors?)"
         );
-        self.last_logged = Some(Instant::now());
-        self.since = 0;
     }
 }
 

@@ -171,8 +171,13 @@ impl TestKey {
 
     /// A compact JWS with any header, signed with the key's own algorithm.
     pub fn mint_with_header(&self, header: &Value, claims: &Value) -> String {
-        let input =
-            format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
+        self.mint_raw(header.to_string().as_bytes(), claims.to_string().as_bytes())
+    }
+
+    /// A compact JWS of any header and payload bytes (JSON or not), signed
+    /// with the key's own algorithm.
+    pub fn mint_raw(&self, header: &[u8], payload: &[u8]) -> String {
+        let input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload));
         let signature = self.sign_raw(input.as_bytes());
         format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature))
     }

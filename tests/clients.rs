@@ -377,3 +377,36 @@ async fn clients_retry_then_report_unavailable_while_the_issuer_is_down() {
     let ran = run(server.command(PYTHON_CLIENT), "examples/clients/python", &good).await;
     assert_eq!(ran.code, Some(0), "{ran:?}");
 }
+
+/// Issue 17, finding 5: the deepest claims the server accepts, 32 levels of
+/// objects (the costliest shape for protobuf: a map entry, a `Value` and a
+/// `Struct` per level) or of arrays, decode in Python's protobuf, whose
+/// default limit is 100 nested messages; one level more is MALFORMED.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_decodes_the_deepest_claims_accepted() {
+    tools();
+    let key = TestKey::rsa("ins_2pClientTest0000000000000");
+    let issuer = TestIssuer::start(vec![key.clone()]).await.expect("start the test issuer");
+    let server = Served::start(issuer.issuer());
+    server.wait_for(ServingStatus::Serving).await;
+    for (shape, open, close) in [("objects", "{\"a\":", "}"), ("arrays", "[", "]")] {
+        for levels in [32, 33, 34] {
+            let mut claims = issuer.session_claims(SystemTime::now());
+            let deep = format!("{}\"leaf\"{}", open.repeat(levels - 1), close.repeat(levels - 1));
+            claims["deep"] = serde_json::from_str(&deep).unwrap();
+            let ran = run(server.command(PYTHON_CLIENT), "examples/clients/python", &key.mint(&claims)).await;
+            if levels > 32 {
+                assert_eq!(ran.code, Some(1), "{shape}, {levels} levels: {ran:?}");
+                assert!(
+                    ran.stdout.contains("GetClaims: UNAUTHENTICATED: REASON_MALFORMED"),
+                    "{shape}, {levels}: {ran:?}"
+                );
+                continue;
+            }
+            assert_eq!(ran.code, Some(0), "{shape}, {levels} levels: {ran:?}");
+            let printed = ran.stdout.lines().find_map(|l| l.strip_prefix("GetClaims: 13 claims: "));
+            let printed: Value = serde_json::from_str(printed.unwrap_or_else(|| panic!("{shape}: {ran:?}"))).unwrap();
+            assert_eq!(printed, claims, "{shape}: the signed payload, whole");
+        }
+    }
+}

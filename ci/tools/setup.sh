@@ -5,7 +5,9 @@
 #     (examples/clients/python/requirements.txt) and the command-line tools
 #     (ci/tools/requirements.txt: grpcurl, hadolint, kubernetes-validate);
 #   - the Python client's stubs (examples/clients/python/generate.sh);
-#   - the Node client's dependencies (npm ci in examples/clients/node).
+#   - the Node client's dependencies (npm ci in examples/clients/node);
+#   - the differential test's JOSE oracle, panva's jose (npm ci in
+#     tests/differential; Node.js 20 or later).
 # Each part is redone only when its inputs change (stamps hold their hashes),
 # so a second run takes well under a second. Needs python3 (3.9+), node (18+)
 # and npm, and network access to PyPI and npm the first time.
@@ -20,6 +22,7 @@ tools=${INTROSPECT_TOOLS_DIR:-$target_dir/tools}
 venv="$tools/venv"
 py_dir="$repo/examples/clients/python"
 node_dir="$repo/examples/clients/node"
+diff_dir="$repo/tests/differential"
 
 fail() { echo "ci/tools/setup.sh: $*" >&2; exit 1; }
 trap 'fail "a step failed (line $LINENO); see the output above"' ERR
@@ -66,6 +69,15 @@ if [ "$(cat "$node_dir/node_modules/.stamp" 2>/dev/null)" != "$want" ]; then
   (cd "$node_dir" && npm ci --no-audit --no-fund --loglevel=error >&2) \
     || fail "npm ci failed (the npm registry must be reachable the first time)"
   echo "$want" > "$node_dir/node_modules/.stamp"
+fi
+
+# 4. The differential test's oracle (jose).
+want=$(printf '%s %s' "$(node --version)" "$(hash_of "$diff_dir/package.json" "$diff_dir/package-lock.json")" | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$diff_dir/node_modules/.stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: npm ci in tests/differential (npm registry)" >&2
+  (cd "$diff_dir" && npm ci --no-audit --no-fund --loglevel=error >&2) \
+    || fail "npm ci in tests/differential failed (the npm registry must be reachable the first time)"
+  echo "$want" > "$diff_dir/node_modules/.stamp"
 fi
 
 echo "$venv/bin"

@@ -95,7 +95,8 @@ impl Algorithm {
             "ES384" => AlgClass::Supported(Algorithm::ES384),
             "EdDSA" => AlgClass::Supported(Algorithm::EdDSA),
             n if n.eq_ignore_ascii_case("none") => AlgClass::None,
-            n if n.len() == 5 && n[..2].eq_ignore_ascii_case("HS") => AlgClass::Symmetric,
+            // Bytes, not `str` slicing: the name is any text from a token.
+            n if n.len() == 5 && n.as_bytes()[..2].eq_ignore_ascii_case(b"HS") => AlgClass::Symmetric,
             _ => AlgClass::Unknown,
         }
     }

@@ -1,6 +1,11 @@
 //! Per-issuer key cache: OIDC discovery, JWKS fetch, a lock-free snapshot of
 //! parsed keys, background refresh with backoff, bounded staleness, and the
-//! single-flight, rate-limited refetch on an unknown `kid`.
+//! single-flight, rate-limited refetches on an unknown `kid` and on a call
+//! that finds the issuer without usable keys.
+//!
+//! While an issuer has no usable keys, the calls that find it so are logged
+//! at most once per [`LOG_INTERVAL`] (with the count of the others), and so
+//! are failed fetches.
 //!
 //! Keys are only ever looked up through an issuer ([`IssuerKeys`]), never
 //! by a bare `kid`.
@@ -19,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::clock::Clock;
+use crate::telemetry::throttle::{LOG_INTERVAL, LogThrottle};
 use fetch::{FetchError, Fetcher};
 use jwk::{Algorithm, VerificationKey};
 
@@ -28,9 +34,20 @@ pub const MIN_REFRESH: Duration = Duration::from_secs(60);
 pub const MAX_REFRESH: Duration = Duration::from_secs(3600);
 /// Relative jitter applied to every refresh delay (±10 %).
 pub const REFRESH_JITTER: f64 = 0.1;
-/// Longest retry delay before an issuer's keys first load: the service is
-/// not ready meanwhile, so it retries more eagerly than after a load.
+/// Longest retry delay while an issuer has no usable keys (before they first
+/// load, or once they are stale): the service is not ready meanwhile, so it
+/// retries more eagerly than while it serves from good keys.
 pub const STARTUP_MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Least time between two fetches started by calls that found the issuer
+/// without usable keys ([`IssuerKeys::refetch_when_unusable`]): at most one
+/// request per second to an issuer that is down, and answers come back
+/// within about a second of its return.
+pub const UNUSABLE_REFETCH_COOLDOWN: Duration = Duration::from_secs(1);
+/// Longest a call waits for the fetch it started before it is answered
+/// UNAVAILABLE (the fetch goes on without it). An issuer that answers
+/// takes milliseconds; one that does not must not hold calls for the
+/// fetch's own timeouts.
+pub const UNUSABLE_REFETCH_WAIT: Duration = Duration::from_secs(1);
 
 /// Where an issuer's keys come from.
 #[derive(Clone, Debug)]
@@ -82,15 +99,18 @@ pub enum Trigger {
     Scheduled,
     /// A token named a kid we did not have.
     UnknownKid,
+    /// A call found the issuer without usable keys.
+    Unavailable,
 }
 
 impl Trigger {
-    /// `startup`, `scheduled` or `unknown_kid`.
+    /// `startup`, `scheduled`, `unknown_kid` or `unavailable`.
     pub const fn as_str(self) -> &'static str {
         match self {
             Trigger::Startup => "startup",
             Trigger::Scheduled => "scheduled",
             Trigger::UnknownKid => "unknown_kid",
+            Trigger::Unavailable => "unavailable",
         }
     }
 }
@@ -220,6 +240,13 @@ struct FetchState {
     last_error: Option<String>,
 }
 
+/// The fetches that calls start while the issuer has no usable keys.
+#[derive(Debug, Default)]
+struct UnusableRefetch {
+    last_started: Option<Instant>,
+    in_flight: bool,
+}
+
 /// The key cache of one issuer. Reads ([`IssuerKeys::usable`]) are
 /// lock-free; fetches run one at a time.
 pub struct IssuerKeys {
@@ -231,6 +258,11 @@ pub struct IssuerKeys {
     fetch: Mutex<FetchState>,
     /// Number of finished fetch attempts (success or failure).
     generation: AtomicU64,
+    unusable_refetch: std::sync::Mutex<UnusableRefetch>,
+    /// Calls answered UNAVAILABLE, logged at most once per interval.
+    unavailable_log: LogThrottle,
+    /// Failed fetches, logged at most once per interval.
+    failure_log: LogThrottle,
     cancel: CancellationToken,
 }
 
@@ -263,6 +295,9 @@ impl IssuerKeys {
             snapshot: ArcSwapOption::new(snapshot),
             fetch: Mutex::new(FetchState { jwks_uri: None, last_unknown_kid_refetch: None, last_error: None }),
             generation: AtomicU64::new(0),
+            unusable_refetch: std::sync::Mutex::new(UnusableRefetch::default()),
+            unavailable_log: LogThrottle::new(LOG_INTERVAL),
+            failure_log: LogThrottle::new(LOG_INTERVAL),
             cancel: CancellationToken::new(),
         });
         if !matches!(this.source, KeySource::Static(_)) {
@@ -354,6 +389,64 @@ impl IssuerKeys {
         self.usable()
     }
 
+    /// A call found this issuer without usable keys (never loaded, or stale).
+    /// Starts a fetch, unless one that a call started is still running or
+    /// one started less than [`UNUSABLE_REFETCH_COOLDOWN`] ago, and waits
+    /// for it at most [`UNUSABLE_REFETCH_WAIT`]. Like the unknown-kid
+    /// refetch it is single-flight: it shares a fetch that was running (the
+    /// refresher's) instead of starting another. Returns the keys if they
+    /// are usable now. Without it, recovery from an outage longer than the
+    /// allowed staleness waited for the refresher's backoff (42 s measured).
+    pub async fn refetch_when_unusable(self: &Arc<Self>) -> Option<Arc<KeySet>> {
+        if matches!(self.source, KeySource::Static(_)) {
+            return self.usable();
+        }
+        {
+            let mut r = self.unusable_refetch.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            if r.in_flight || r.last_started.is_some_and(|t| t.elapsed() < UNUSABLE_REFETCH_COOLDOWN) {
+                return self.usable();
+            }
+            r.in_flight = true;
+            r.last_started = Some(Instant::now());
+        }
+        let this = self.clone();
+        let fetch = tokio::spawn(
+            async move {
+                let seen = this.generation.load(Ordering::Acquire);
+                let mut state = this.fetch.lock().await;
+                // A fetch that finished while we waited for the lock was ours to share.
+                if this.generation.load(Ordering::Acquire) == seen && this.usable().is_none() {
+                    debug!(issuer = %this.issuer, "no usable keys: fetching");
+                    let _ = this.fetch_locked(&mut state, Trigger::Unavailable).await;
+                }
+                drop(state);
+                this.unusable_refetch.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).in_flight = false;
+            }
+            .in_current_span(),
+        );
+        let _ = tokio::time::timeout(UNUSABLE_REFETCH_WAIT, fetch).await;
+        self.usable()
+    }
+
+    /// A call is answered UNAVAILABLE for this issuer: logged at WARN at
+    /// most once per [`LOG_INTERVAL`], with the number of such calls not
+    /// logged since the previous line.
+    pub fn note_unavailable(&self) {
+        if let Some(since) = self.unavailable_log.admit() {
+            let status = match self.status() {
+                KeyStatus::Loading => "never loaded",
+                KeyStatus::Stale => "stale",
+                KeyStatus::Ready => "usable again",
+            };
+            warn!(
+                issuer = %self.issuer,
+                keys = status,
+                unavailable_since_last_report = since,
+                "verification unavailable: the issuer has no usable keys"
+            );
+        }
+    }
+
     /// Fetches now (one fetch at a time), returning the delay until the
     /// next scheduled refresh, or the error.
     pub async fn refresh(&self, trigger: Trigger) -> Result<Duration, FetchError> {
@@ -366,13 +459,19 @@ impl IssuerKeys {
         self.generation.fetch_add(1, Ordering::AcqRel);
         match &result {
             Ok((n, _)) => {
-                state.last_error = None;
+                if state.last_error.take().is_some() {
+                    info!(issuer = %self.issuer, trigger = trigger.as_str(), keys = n, "keys fetched again after failed fetches");
+                }
+                self.failure_log.reset();
+                self.unavailable_log.reset();
                 self.ctx.observer.fetch_finished(&self.issuer, trigger, Ok(*n));
             }
             Err(e) => {
-                warn!(issuer = %self.issuer, trigger = trigger.as_str(), error = %e, "key fetch failed");
+                if let Some(since) = self.failure_log.admit() {
+                    warn!(issuer = %self.issuer, trigger = trigger.as_str(), error = %e, failed_since_last_report = since, "key fetch failed");
+                }
                 state.last_error = Some(e.to_string());
-                if trigger != Trigger::UnknownKid {
+                if !matches!(trigger, Trigger::UnknownKid | Trigger::Unavailable) {
                     // The jwks_uri may have moved: discover again next time.
                     state.jwks_uri = None;
                 }
@@ -389,7 +488,7 @@ impl IssuerKeys {
             KeySource::Static(keys) => return Ok((keys.len(), self.settings.interval)),
             KeySource::JwksUri(uri) => uri.clone(),
             KeySource::Discovery => match (&state.jwks_uri, trigger) {
-                (Some(uri), Trigger::UnknownKid) => uri.clone(),
+                (Some(uri), Trigger::UnknownKid | Trigger::Unavailable) => uri.clone(),
                 _ => {
                     let uri = self.ctx.fetcher.discover(&self.issuer).await?;
                     state.jwks_uri = Some(uri.clone());
@@ -436,12 +535,7 @@ async fn refresher(keys: Weak<IssuerKeys>, cancel: CancellationToken) {
             }
             Err(_) => {
                 failures = failures.saturating_add(1);
-                let max = if trigger == Trigger::Startup {
-                    settings.max_backoff.min(STARTUP_MAX_BACKOFF)
-                } else {
-                    settings.max_backoff
-                };
-                backoff(settings.initial_backoff, max, failures)
+                retry_delay(&settings, this.usable().is_some(), failures)
             }
         };
         drop(this);
@@ -450,6 +544,15 @@ async fn refresher(keys: Weak<IssuerKeys>, cancel: CancellationToken) {
             () = tokio::time::sleep(delay) => {}
         }
     }
+}
+
+/// The refresher's delay after its `failures`th consecutive failed fetch:
+/// [`backoff`] up to `max_backoff` while the keys in hand are usable, and up
+/// to [`STARTUP_MAX_BACKOFF`] while there are none (not loaded yet, or
+/// stale), when the service is not ready and nothing else retries.
+pub fn retry_delay(settings: &RefreshSettings, usable: bool, failures: u32) -> Duration {
+    let max = if usable { settings.max_backoff } else { settings.max_backoff.min(STARTUP_MAX_BACKOFF) };
+    backoff(settings.initial_backoff, max, failures)
 }
 
 /// `d` ± [`REFRESH_JITTER`].
@@ -480,6 +583,17 @@ mod tests {
             assert!(d4 >= Duration::from_secs(4) && d4 <= Duration::from_secs(8));
             let d30 = backoff(i, m, 30);
             assert!(d30 >= Duration::from_secs(30) && d30 <= m);
+        }
+    }
+
+    #[test]
+    fn without_usable_keys_the_refresher_retries_at_the_startup_pace() {
+        let settings = RefreshSettings::default();
+        for _ in 0..100 {
+            let serving = retry_delay(&settings, true, 10);
+            assert!(serving >= Duration::from_secs(30) && serving <= settings.max_backoff, "{serving:?}");
+            let not_ready = retry_delay(&settings, false, 10);
+            assert!(not_ready >= STARTUP_MAX_BACKOFF / 2 && not_ready <= STARTUP_MAX_BACKOFF, "{not_ready:?}");
         }
     }
 

@@ -352,7 +352,7 @@ impl Metrics {
         let fetches = Family::<FetchLabels, Counter>::default();
         registry.register(
             "jwks_fetches",
-            "JWKS fetches (with discovery), by issuer, trigger (startup, scheduled, unknown_kid) and result (success or the kind of failure)",
+            "JWKS fetches (with discovery), by issuer, trigger (startup, scheduled, unknown_kid, unavailable) and result (success or the kind of failure)",
             fetches.clone(),
         );
         let suppressed = Family::<IssuerLabels, Counter>::default();

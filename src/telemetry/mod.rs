@@ -15,6 +15,7 @@
 pub mod http;
 pub mod metrics;
 pub mod otel;
+pub mod throttle;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -348,8 +349,9 @@ impl RpcCall {
                 self.finish(r.reason_name(), code);
             }
             Err(VerifyError::Unavailable { issuer }) => {
+                // Logged by the key cache, at most once per interval per
+                // issuer (`IssuerKeys::note_unavailable`), not once per call.
                 span.record("issuer", &**issuer);
-                tracing::warn!(parent: span, issuer = %issuer, "verification unavailable: the issuer has no usable keys");
                 self.finish(REASON_UNAVAILABLE, tonic::Code::Unavailable);
             }
         }

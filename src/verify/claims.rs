@@ -54,11 +54,11 @@ pub struct Claims {
     pub iss: Claim<String>,
     /// `sub`.
     pub sub: Claim<String>,
-    /// `exp`, whole seconds (fractions floored).
+    /// `exp`, whole seconds (a fraction rounded down, toward expiry).
     pub exp: Claim<i64>,
-    /// `nbf`.
+    /// `nbf` (a fraction rounded up, toward "not yet valid").
     pub nbf: Claim<i64>,
-    /// `iat`.
+    /// `iat` (a fraction rounded up).
     pub iat: Claim<i64>,
     /// `azp`.
     pub azp: Claim<String>,
@@ -82,11 +82,11 @@ struct RawClaims<'a> {
     iss: Option<&'a RawValue>,
     #[serde(borrow)]
     sub: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::json::present")]
     exp: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::json::present")]
     nbf: Option<&'a RawValue>,
-    #[serde(borrow)]
+    #[serde(borrow, default, deserialize_with = "super::json::present")]
     iat: Option<&'a RawValue>,
     #[serde(borrow)]
     azp: Option<&'a RawValue>,
@@ -139,9 +139,9 @@ impl Claims {
         Some(Claims {
             iss: string(raw.iss),
             sub: string(raw.sub),
-            exp: numeric_date(raw.exp),
-            nbf: numeric_date(raw.nbf),
-            iat: numeric_date(raw.iat),
+            exp: numeric_date(raw.exp, Round::Down),
+            nbf: numeric_date(raw.nbf, Round::Up),
+            iat: numeric_date(raw.iat, Round::Up),
             azp: string(raw.azp),
             aud: audience(raw.aud),
             role: string(raw.role),
@@ -164,11 +164,23 @@ fn string(v: Option<&RawValue>) -> Claim<String> {
     }
 }
 
+/// Which way a fractional NumericDate is rounded: always toward refusing
+/// the token, so that no fraction makes it valid a moment earlier or later
+/// than the exact comparison would.
+#[derive(Clone, Copy)]
+enum Round {
+    /// For `exp`.
+    Down,
+    /// For `nbf` and `iat`.
+    Up,
+}
+
 /// RFC 7519 NumericDate: a JSON number of seconds, possibly fractional.
-fn numeric_date(v: Option<&RawValue>) -> Claim<i64> {
+/// `null` is not a number: it is the wrong type, not an absent claim
+/// (jose, for one, refuses `"nbf": null`).
+fn numeric_date(v: Option<&RawValue>, round: Round) -> Claim<i64> {
     match v {
         None => Claim::Absent,
-        Some(v) if is_null(v) => Claim::Absent,
         Some(v) => {
             let text = v.get();
             if let Ok(i) = text.parse::<i64>() {
@@ -176,7 +188,10 @@ fn numeric_date(v: Option<&RawValue>) -> Claim<i64> {
             }
             match serde_json::from_str::<f64>(text) {
                 // `as` saturates at the i64 range, which is what we want.
-                Ok(f) if f.is_finite() => Claim::Present(f.floor() as i64),
+                Ok(f) if f.is_finite() => Claim::Present(match round {
+                    Round::Down => f.floor(),
+                    Round::Up => f.ceil(),
+                } as i64),
                 _ => Claim::WrongType,
             }
         }

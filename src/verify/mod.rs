@@ -1,11 +1,13 @@
 //! The verification pipeline, in the contract's order:
 //!
-//! 1. input: size, three base64url parts, JSON objects, no `crit` ([`token`]);
+//! 1. input: size, three base64url parts, strict JSON objects ([`json`]),
+//!    no `crit`, no JWE or RFC 7797 members ([`token`]);
 //! 2. `alg`: never `none` or HMAC, and in the issuer's allow-list;
 //! 3. `iss`: exactly one of the configured issuers (a token without `iss`
 //!    is still signature-checked when only one issuer is configured, then
 //!    refused);
-//! 4. key: by (issuer, kid), refetching once on an unknown kid; the
+//! 4. key: by (issuer, kid), refetching once on an unknown kid, and
+//!    fetching (rate-limited) when the issuer has no usable keys; the
 //!    algorithm must fit the key's type, curve and JWK `alg`;
 //! 5. signature, before any claim is trusted;
 //! 6. policy ([`claims::check`]): token kind, required claims, time,
@@ -18,6 +20,7 @@
 
 pub mod cache;
 pub mod claims;
+pub mod json;
 pub mod rejection;
 pub mod token;
 
@@ -237,12 +240,19 @@ impl Verifier {
         let keys = &issuer.keys;
         let unavailable = || {
             if has_iss {
+                keys.note_unavailable();
                 VerifyError::Unavailable { issuer: keys.issuer().clone() }
             } else {
                 rejection::NO_ISSUER.into()
             }
         };
-        let set = keys.usable().ok_or_else(unavailable)?;
+        let set = match keys.usable() {
+            Some(set) => set,
+            // No usable keys: a shared, rate-limited fetch, so that answers
+            // return as soon as the issuer does.
+            None if has_iss => keys.refetch_when_unusable().await.ok_or_else(unavailable)?,
+            None => return Err(unavailable()),
+        };
         let kid = decoded.header.kid.as_deref();
         let key = match lookup(&set, kid, alg, keys)? {
             Some(key) => key,
@@ -270,8 +280,7 @@ impl Verifier {
             cache.insert(*digest, &key, alg, exp.saturating_add(skew_of(&issuer.policy)), now);
         }
         let kind = claims::effective_kind(decoded.header.kind, &decoded.claims);
-        // The payload parsed as JSON, so it is UTF-8.
-        let payload = String::from_utf8(decoded.payload).map_err(|_| rejection::PAYLOAD_NOT_OBJECT)?;
+        let payload = decoded.payload;
         let verified = VerifiedToken {
             issuer: keys.issuer().clone(),
             key,

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use super::json;
 use crate::keys::jwk::truncate;
 
 /// The contract's reasons (the subset a rejection can carry).
@@ -66,10 +67,22 @@ pub(crate) const BAD_BASE64: Rejection =
     Rejection::new(Reason::Malformed, "The token is not a compact JWS: a part is not valid unpadded base64url.");
 pub(crate) const HEADER_NOT_OBJECT: Rejection = Rejection::new(
     Reason::Malformed,
-    "The token's header is not a JSON object with a string \"alg\" (and, if present, a string \"kid\").",
+    "The token's header is not a JSON object with a string \"alg\" (and, where present, string \"kid\", \"typ\" and \"cat\").",
 );
 pub(crate) const PAYLOAD_NOT_OBJECT: Rejection =
-    Rejection::new(Reason::Malformed, "The token's payload is not a JSON object (or repeats a claim name).");
+    Rejection::new(Reason::Malformed, "The token's payload is not a JSON object.");
+pub(crate) const JWE_ENC: Rejection = Rejection::new(
+    Reason::Malformed,
+    "The token's header has \"enc\", a member of encrypted tokens (JWE, RFC 7516); this service verifies signed tokens (JWS) only, and a header that is both is ambiguous.",
+);
+pub(crate) const JWE_ZIP: Rejection = Rejection::new(
+    Reason::Malformed,
+    "The token's header has \"zip\", which only encrypted tokens (JWE) may carry (RFC 7516 section 4.1.3); a signed token's payload is never compressed.",
+);
+pub(crate) const B64: Rejection = Rejection::new(
+    Reason::Malformed,
+    "The token's header has \"b64\" (RFC 7797 unencoded payload), which a JWT must not use; Clerk never sets it.",
+);
 pub(crate) const CRIT: Rejection = Rejection::new(
     Reason::Malformed,
     "The token's header has a \"crit\" parameter naming extensions this service does not implement, so it must be rejected (RFC 7515 section 4.1.11).",
@@ -84,6 +97,41 @@ pub(crate) const NO_ISSUER: Rejection = Rejection::new(
 );
 
 // === composed sentences ===
+
+/// Which part of a token a sentence is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// The JOSE header.
+    Header,
+    /// The claims.
+    Payload,
+}
+
+/// A header or payload that breaks the rules of [`json::check`].
+pub(crate) fn not_strict_json(part: Part, problem: &json::Problem) -> Rejection {
+    let name = match part {
+        Part::Header => "header",
+        Part::Payload => "payload",
+    };
+    let msg = match problem {
+        json::Problem::NotUtf8 => format!(
+            "The token's {name} is not valid UTF-8, which the JSON of a JOSE token must be (RFC 7515 section 4, RFC 8259 section 8.1)."
+        ),
+        json::Problem::NotJson(what) => format!("The token's {name} is not strict JSON: it has {what}."),
+        json::Problem::TooDeep if part == Part::Payload => format!(
+            "The token's claims nest deeper than {} levels of objects and arrays, more than this service accepts (standard protobuf clients cannot decode such claims).",
+            json::MAX_DEPTH
+        ),
+        json::Problem::TooDeep => {
+            format!("The token's header nests deeper than {} levels of objects and arrays.", json::MAX_DEPTH)
+        }
+        json::Problem::Duplicate(member) => format!(
+            "The token's {name} has the member name {} twice; a reader may take either value (RFC 7515 section 4, RFC 7519 section 4), so the token is refused.",
+            quote(member)
+        ),
+    };
+    Rejection::with(Reason::Malformed, msg)
+}
 
 pub(crate) fn alg_symmetric(alg: &str, supabase_issuer: bool) -> Rejection {
     let alg = truncate(alg, 8);

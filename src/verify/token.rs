@@ -8,10 +8,11 @@ use base64::DecodeSliceError;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
-use serde::de::IgnoredAny;
+use serde_json::value::RawValue;
 use std::borrow::Cow;
 
 use super::claims::Claims;
+use super::json;
 use super::rejection::{self as r, Rejection};
 use crate::keys::jwk::{AlgClass, Algorithm};
 
@@ -75,17 +76,37 @@ impl std::str::FromStr for TokenKind {
     }
 }
 
+/// The header members we read or refuse. Each is kept raw so that a
+/// member that is present with the wrong type (`null` included) is told
+/// apart from an absent one; every other member is skipped (and was checked
+/// by [`json::check`]).
 #[derive(Deserialize)]
 struct RawHeader<'a> {
-    #[serde(borrow)]
-    alg: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    kid: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    typ: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    cat: Option<Cow<'a, str>>,
-    crit: Option<IgnoredAny>,
+    #[serde(borrow, default, deserialize_with = "json::present")]
+    alg: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "json::present")]
+    kid: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "json::present")]
+    typ: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "json::present")]
+    cat: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "json::present")]
+    crit: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "json::present")]
+    b64: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "json::present")]
+    enc: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "json::present")]
+    zip: Option<&'a RawValue>,
+}
+
+/// A header member that must be a string when present.
+fn header_string(v: Option<&RawValue>) -> Result<Option<Cow<'_, str>>, Rejection> {
+    let Some(v) = v else { return Ok(None) };
+    if let Ok(s) = serde_json::from_str::<&str>(v.get()) {
+        return Ok(Some(Cow::Borrowed(s)));
+    }
+    serde_json::from_str::<String>(v.get()).map(|s| Some(Cow::Owned(s))).map_err(|_| r::HEADER_NOT_OBJECT)
 }
 
 /// The header fields we use.
@@ -106,8 +127,8 @@ pub struct Decoded<'t> {
     pub signing_input: &'t [u8],
     /// The header fields we use.
     pub header: Header,
-    /// The decoded payload bytes, exactly as signed.
-    pub payload: Vec<u8>,
+    /// The decoded payload, exactly as signed (checked by [`json::check`]).
+    pub payload: String,
     /// The claims we read, parsed from `payload` (not trusted until the
     /// signature verifies).
     pub claims: Claims,
@@ -151,14 +172,29 @@ pub fn decode(token: &str) -> Result<Decoded<'_>, Rejection> {
         }
         Err(DecodeSliceError::DecodeError(_)) => return Err(r::BAD_BASE64),
     };
-    let raw: RawHeader<'_> = serde_json::from_slice(header_bytes).map_err(|_| r::HEADER_NOT_OBJECT)?;
+    let header_text = json::check(header_bytes).map_err(|p| r::not_strict_json(r::Part::Header, &p))?;
+    let raw: RawHeader<'_> = serde_json::from_str(header_text).map_err(|_| r::HEADER_NOT_OBJECT)?;
     if raw.crit.is_some() {
         return Err(r::CRIT);
     }
-    let alg_name = raw.alg.ok_or(r::HEADER_NOT_OBJECT)?;
-    let payload = decode_exact(p64)?;
+    if raw.enc.is_some() {
+        return Err(r::JWE_ENC);
+    }
+    if raw.zip.is_some() {
+        return Err(r::JWE_ZIP);
+    }
+    if raw.b64.is_some() {
+        return Err(r::B64);
+    }
+    let alg_name = header_string(raw.alg)?.ok_or(r::HEADER_NOT_OBJECT)?;
+    let kid = header_string(raw.kid)?;
+    let typ = header_string(raw.typ)?;
+    let cat = header_string(raw.cat)?;
+    let payload = String::from_utf8(decode_exact(p64)?)
+        .map_err(|_| r::not_strict_json(r::Part::Payload, &json::Problem::NotUtf8))?;
+    json::check_text(&payload).map_err(|p| r::not_strict_json(r::Part::Payload, &p))?;
     // Parsed once, here; nothing in it is trusted until the signature verifies.
-    let claims = Claims::parse(&payload).ok_or(r::PAYLOAD_NOT_OBJECT)?;
+    let claims = Claims::parse(payload.as_bytes()).ok_or(r::PAYLOAD_NOT_OBJECT)?;
     let mut signature = [0u8; MAX_SIGNATURE_BYTES];
     if s64.len() > (MAX_SIGNATURE_BYTES * 4).div_ceil(3) {
         return Err(r::BAD_BASE64);
@@ -174,8 +210,8 @@ pub fn decode(token: &str) -> Result<Decoded<'_>, Rejection> {
         }
         AlgClass::Unknown => return Err(r::alg_unknown(&alg_name)),
     };
-    let kid = raw.kid.map(|k| Box::<str>::from(k.as_ref()));
-    let kind = kind_from_header(raw.typ.as_deref(), raw.cat.as_deref());
+    let kid = kid.map(|k| Box::<str>::from(k.as_ref()));
+    let kind = kind_from_header(typ.as_deref(), cat.as_deref());
 
     Ok(Decoded {
         signing_input: &bytes[..d2],
@@ -333,6 +369,72 @@ mod tests {
         }
     }
 
+    fn tok_bytes(header: &[u8], payload: &[u8]) -> String {
+        format!("{}.{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload), b64("sig"))
+    }
+
+    /// Finding 4 of issue 17: what RFC 7515 / 7516 / 7797 / 8259 make
+    /// invalid is MALFORMED, never a decision about a key.
+    #[test]
+    fn strict_jose_parsing() {
+        let p = r#"{"sub":"user_1"}"#;
+        let h = r#"{"alg":"RS256","kid":"k"}"#;
+        let cases: Vec<(&str, String)> = vec![
+            ("non-UTF-8 in an unknown header member", tok_bytes(b"{\"alg\":\"RS256\",\"x\":\"\xff\"}", p.as_bytes())),
+            ("non-UTF-8 in the payload", tok_bytes(h.as_bytes(), b"{\"sub\":\"user_1\",\"x\":\"\xff\"}")),
+            ("overlong UTF-8 in the header", tok_bytes(b"{\"alg\":\"RS256\",\"x\":\"\xc0\xaf\"}", p.as_bytes())),
+            ("kid null", tok(r#"{"alg":"RS256","kid":null}"#, p)),
+            ("kid an object", tok(r#"{"alg":"RS256","kid":{}}"#, p)),
+            ("alg null", tok(r#"{"alg":null}"#, p)),
+            ("typ null", tok(r#"{"alg":"RS256","typ":null}"#, p)),
+            ("cat number", tok(r#"{"alg":"RS256","cat":1}"#, p)),
+            ("crit null", tok(r#"{"alg":"RS256","crit":null}"#, p)),
+            ("JWE enc", tok(r#"{"alg":"RS256","enc":"A256GCM"}"#, p)),
+            ("JWE zip", tok(r#"{"alg":"RS256","zip":"DEF"}"#, p)),
+            ("b64 false", tok(r#"{"alg":"RS256","b64":false}"#, p)),
+            ("b64 false with crit", tok(r#"{"alg":"RS256","b64":false,"crit":["b64"]}"#, p)),
+            ("b64 true", tok(r#"{"alg":"RS256","b64":true}"#, p)),
+            ("duplicate unknown header member", tok(r#"{"alg":"RS256","x":1,"x":2}"#, p)),
+            ("duplicate alg through an escape", tok(r#"{"alg":"RS256","al\u0067":"ES256"}"#, p)),
+            ("duplicate nested header member", tok(r#"{"alg":"RS256","jwk":{"kty":"RSA","kty":"EC"}}"#, p)),
+            ("duplicate unknown claim", tok(h, r#"{"sub":"user_1","x":1,"x":2}"#)),
+            ("duplicate nested claim", tok(h, r#"{"sub":"user_1","m":{"a":1,"a":2}}"#)),
+            ("lone surrogate in a claim", tok(h, r#"{"sub":"user_1","x":"\ud800"}"#)),
+            ("lone surrogate in the header", tok(r#"{"alg":"RS256","x":"\udc00"}"#, p)),
+            ("number too large for a double", tok(h, r#"{"sub":"user_1","x":1e400}"#)),
+            ("header not an object", tok("\"RS256\"", p)),
+            ("header null", tok("null", p)),
+            ("header with trailing text", tok(r#"{"alg":"RS256"} x"#, p)),
+            ("padding on the payload", format!("{}.{}=.{}", b64(h), b64(r#"{"sub":"user_1","a":1}"#), b64("sig"))),
+            ("padding on the signature", format!("{}.{}.{}=", b64(h), b64(p), b64("sig!"))),
+            ("non-canonical trailing bits", format!("{}.{}.{}", b64(h), b64(p), "c2lnB")),
+            (
+                "whitespace inside the header part",
+                format!("{} {}.{}.{}", &b64(h)[..4], &b64(h)[4..], b64(p), b64("sig")),
+            ),
+            ("standard base64 alphabet", format!("{}.{}.{}", b64(h), b64(p), "+/+/")),
+        ];
+        let mut wrong = Vec::new();
+        for (what, t) in &cases {
+            match decode(t) {
+                Ok(_) => wrong.push(format!("{what}: decoded")),
+                Err(e) if e.reason != Reason::Malformed => wrong.push(format!("{what}: {e}")),
+                Err(e) => assert!(!e.message.contains(t.as_str()), "{what}: the message quotes the token"),
+            }
+        }
+        assert!(wrong.is_empty(), "should be MALFORMED:\n{}", wrong.join("\n"));
+        // What stays valid: escapes, numbers, whitespace and Unicode in JSON.
+        let fine = [
+            tok("{ \"alg\" : \"RS\\u0032\\u00356\" ,\n\"kid\":\"k\"}", p),
+            tok(h, r#"{"sub":"user_1","n":[1e2,1.0,-0,123456789012345678901234567890],"s":"\ud83d\ude00 é ✓"}"#),
+            tok(r#"{"alg":"RS256","jku":"https://evil","x5u":"https://evil","jwk":{},"x5c":["AA"]}"#, p),
+        ];
+        for t in &fine {
+            decode(t).unwrap_or_else(|e| panic!("{t}: {e}"));
+        }
+        assert_eq!(decode(&fine[0]).unwrap().header.alg, Algorithm::RS256);
+    }
+
     #[test]
     fn hmac_message_explains_the_deprecated_setup() {
         let err = decode(&tok(r#"{"alg":"HS256"}"#, r#"{"iss":"https://x.clerk.accounts.dev"}"#)).unwrap_err();
@@ -364,7 +466,7 @@ mod tests {
             let payload = format!(r#"{{"a":"{}"}}"#, "x".repeat(n));
             let t = tok(r#"{"alg":"RS256"}"#, &payload);
             let d = decode(&t).unwrap();
-            assert_eq!(d.payload, payload.as_bytes());
+            assert_eq!(d.payload, payload);
             assert_eq!(d.payload.capacity(), d.payload.len(), "exactly sized");
         }
         // A payload part of 4n+1 characters is never valid base64url.
@@ -377,7 +479,7 @@ mod tests {
         let t = tok(r#"{"alg":"ES256","kid":"k1","typ":"JWT"}"#, r#"{"a":1}"#);
         let d = decode(&t).unwrap();
         assert_eq!(d.header, Header { alg: Algorithm::ES256, kid: Some("k1".into()), kind: TokenKind::Session });
-        assert_eq!(d.payload, br#"{"a":1}"#);
+        assert_eq!(d.payload, r#"{"a":1}"#);
         assert_eq!(d.signature(), b"sig");
         assert_eq!(d.signing_input, t.rsplit_once('.').unwrap().0.as_bytes());
     }

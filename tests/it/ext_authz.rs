@@ -594,3 +594,33 @@ async fn reflection_describes_the_authorization_service() {
     let Some(MessageResponse::FileDescriptorResponse(files)) = answer.message_response else { panic!("{answer:?}") };
     assert!(!files.file_descriptor_proto.is_empty());
 }
+
+/// Issue 17, findings 4 and 5: Check refuses what Verify and GetClaims
+/// refuse, with the same reason: claims nested deeper than 32 levels, and a
+/// header with a member name twice.
+#[tokio::test]
+async fn deep_claims_and_repeated_members_are_denied_like_verify() {
+    let (key, issuer, server) = setup().await;
+    let claims = issuer.session_claims(server.now()).to_string();
+    let deep = format!("{},\"deep\":{}1{}}}", &claims[..claims.len() - 1], "[".repeat(32), "]".repeat(32));
+    let repeated = br#"{"alg":"RS256","kid":"ins_test","kid":"ins_test"}"#;
+    for token in [
+        key.mint_raw(br#"{"alg":"RS256","kid":"ins_test"}"#, deep.as_bytes()),
+        key.mint_raw(repeated, claims.as_bytes()),
+    ] {
+        assert_eq!(server.reason(&token).await, clerk_introspect::pb::Reason::Malformed);
+        let answer = check(&server, get(&[("authorization", &bearer(&token))])).await.unwrap();
+        let d = denied(&answer, Code::Unauthenticated, 401);
+        assert_eq!(value(&d.headers, "x-introspect-reason"), Some("REASON_MALFORMED"));
+        assert_no_token(&answer, &token);
+    }
+    // One level less is allowed.
+    let fine = format!("{},\"deep\":{}1{}}}", &claims[..claims.len() - 1], "[".repeat(31), "]".repeat(31));
+    let answer = check(
+        &server,
+        get(&[("authorization", &bearer(&key.mint_raw(br#"{"alg":"RS256","kid":"ins_test"}"#, fine.as_bytes())))]),
+    )
+    .await
+    .unwrap();
+    allowed(&answer);
+}

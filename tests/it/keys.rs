@@ -269,3 +269,100 @@ async fn key_urls_in_headers_are_never_fetched() {
     assert_eq!(server.reason(&unknown).await, Reason::UnknownKey);
     assert_eq!((attacker.discovery_requests(), attacker.jwks_requests()), (0, 0));
 }
+
+/// Log lines written while `f` runs on this thread (the server runs on the
+/// test's current-thread runtime, so its lines are caught too).
+struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Lines {
+    fn capture() -> (Lines, tracing::subscriber::DefaultGuard) {
+        let buffer = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || Writer(writer.clone()))
+            .finish();
+        (Lines(buffer), tracing::subscriber::set_default(subscriber))
+    }
+
+    /// The lines that contain `text`.
+    fn with(&self, text: &str) -> Vec<String> {
+        let all = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+        all.lines().filter(|l| l.contains(text)).map(str::to_owned).collect()
+    }
+}
+
+struct Writer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Writer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Issue 17, finding 6: an outage longer than the allowed staleness ends
+/// with the issuer's return, not with the refresher's backoff: a call that
+/// finds the issuer without usable keys starts a fetch (at most one a
+/// second, shared by all calls), and readiness follows. Meanwhile the calls'
+/// WARN line and the failed fetches' are logged once per 10 s, with counts.
+#[tokio::test]
+async fn an_outage_past_the_staleness_ends_when_the_issuer_returns() {
+    let (lines, _guard) = Lines::capture();
+    let key = TestKey::rsa("ins_test");
+    let issuer = TestIssuer::start(vec![key.clone()]).await.unwrap();
+    // A refresher that would not try again within this test: what recovers
+    // is the calls' fetch.
+    let mut config = issuer_config(&issuer);
+    config.refresh.initial_backoff = Duration::from_secs(600);
+    config.refresh.max_backoff = Duration::from_secs(600);
+    let server = Server::ready_with(vec![config]).await;
+
+    issuer.set_up(false);
+    server.clock.advance(Duration::from_secs(24 * 3600 + 1));
+    server.wait_for(ServingStatus::NotServing).await;
+    let requests = || issuer.jwks_requests() + issuer.discovery_requests();
+    let before = requests();
+    let token = key.mint(&issuer.session_claims(server.now()));
+    let started = std::time::Instant::now();
+    for _ in 0..300 {
+        assert_eq!(server.verify_with(&token, None).await.unwrap_err().code(), Code::Unavailable);
+    }
+    let seconds = started.elapsed().as_secs() as usize;
+    let fetches = requests() - before;
+    assert!(fetches >= 1, "the calls started a fetch");
+    assert!(fetches <= 2 * (seconds + 1), "{fetches} requests to the issuer in {seconds} s: at most a fetch a second");
+    let warned = lines.with("verification unavailable");
+    assert!(!warned.is_empty() && warned.len() <= seconds / 10 + 1, "300 calls, {} lines: {warned:#?}", warned.len());
+    assert!(warned[0].contains("WARN") && warned[0].contains("unavailable_since_last_report=0"), "{warned:#?}");
+    assert!(warned[0].contains("keys=\"stale\"") || warned[0].contains("keys=stale"), "{warned:#?}");
+    let failed = lines.with("key fetch failed");
+    assert!(!failed.is_empty() && failed.len() <= seconds / 10 + 1, "{failed:#?}");
+
+    issuer.set_up(true);
+    let deadline = tokio::time::Instant::now() + crate::support::READY_TIMEOUT;
+    loop {
+        match server.verify_with(&token, None).await {
+            Ok(answer) => {
+                assert_eq!(Reason::try_from(answer.reason).unwrap(), Reason::Valid, "{}", answer.message);
+                break;
+            }
+            Err(status) => assert_eq!(status.code(), Code::Unavailable),
+        }
+        // A guard against a hang; without the calls' fetch, 600 s.
+        assert!(tokio::time::Instant::now() < deadline, "answers never came back");
+        tokio::time::sleep(crate::support::POLL).await;
+    }
+    server.wait_for(ServingStatus::Serving).await;
+    assert_eq!(lines.with("keys fetched again after failed fetches").len(), 1);
+    // The next outage is logged from its first call on.
+    issuer.set_up(false);
+    server.clock.advance(Duration::from_secs(24 * 3600 + 1));
+    assert_eq!(server.verify_with(&token, None).await.unwrap_err().code(), Code::Unavailable);
+    let warned = lines.with("verification unavailable");
+    assert!(warned.last().unwrap().contains("unavailable_since_last_report=0"), "{warned:#?}");
+}

@@ -236,3 +236,130 @@ async fn requests_are_bounded() {
     // Just under the request limit but over the token limit: a normal answer.
     assert_eq!(server.reason(&"a.b.c".repeat(6000)).await, Reason::Malformed);
 }
+
+/// Issue 17, finding 4: tokens correctly signed by the issuer's key whose
+/// header or payload breaks the JOSE and JSON rules are MALFORMED, on Verify
+/// and GetClaims, with a sentence naming the problem. Each of these was
+/// VALID before.
+#[tokio::test]
+async fn signed_tokens_that_are_not_strict_jose_are_malformed() {
+    for alg in [Algorithm::ES256, Algorithm::RS256] {
+        let key = TestKey::generate("ins_test", alg);
+        let issuer = TestIssuer::start(vec![key.clone()]).await.unwrap();
+        let server = Server::ready(&issuer).await;
+        let claims = issuer.session_claims(server.now()).to_string();
+        let members = &claims[1..claims.len() - 1];
+        let header = |extra: &str| format!(r#"{{"alg":"{alg}","kid":"ins_test","typ":"JWT"{extra}}}"#).into_bytes();
+        let payload = |extra: &str| format!("{{{members}{extra}}}").into_bytes();
+        let with_byte = |mut text: Vec<u8>, byte: u8| {
+            let at = text.len() - 2;
+            text.splice(at..at, [byte]);
+            text
+        };
+        assert_eq!(server.reason(&key.mint_raw(&header(""), &payload(""))).await, Reason::Valid, "{alg}: the baseline");
+
+        let rows: Vec<(&str, Vec<u8>, Vec<u8>, &str)> = vec![
+            ("a stray 0xff in an unknown header member", with_byte(header(r#","x":"ab""#), 0xff), payload(""), "UTF-8"),
+            ("a stray 0xff in an unknown claim", header(""), with_byte(payload(r#","x":"ab""#), 0xff), "UTF-8"),
+            ("kid null", format!(r#"{{"alg":"{alg}","kid":null}}"#).into_bytes(), payload(""), "\"kid\""),
+            (
+                "typ null",
+                format!(r#"{{"alg":"{alg}","kid":"ins_test","typ":null}}"#).into_bytes(),
+                payload(""),
+                "\"typ\"",
+            ),
+            ("typ twice", header(r#","typ":"JWT""#), payload(""), "twice"),
+            ("JWE enc", header(r#","enc":"A256GCM""#), payload(""), "JWE"),
+            ("JWE zip", header(r#","zip":"DEF""#), payload(""), "\"zip\""),
+            ("b64 false", header(r#","b64":false"#), payload(""), "RFC 7797"),
+            ("crit null", header(r#","crit":null"#), payload(""), "crit"),
+            ("kid twice, the second by escape", header(r#","ki\u0064":"ins_other""#), payload(""), "twice"),
+            ("a claim twice", header(""), payload(r#","custom":1,"custom":2"#), "twice"),
+            ("a nested member twice", header(""), payload(r#","m":{"a":1,"a":2}"#), "twice"),
+            ("a lone surrogate", header(""), payload(r#","x":"\ud800""#), "surrogate"),
+            ("a number beyond a double", header(""), payload(r#","x":1e400"#), "range"),
+        ];
+        for (name, h, p, says) in rows {
+            let token = key.mint_raw(&h, &p);
+            let answer = server.verify(&token).await;
+            assert_eq!(Reason::try_from(answer.reason).unwrap(), Reason::Malformed, "{alg} {name}: {}", answer.message);
+            assert!(answer.message.contains(says), "{alg} {name}: {}", answer.message);
+            for part in token.split('.') {
+                assert!(!answer.message.contains(part), "{alg} {name}: the message quotes the token");
+            }
+            let status = server.get_claims(&token).await.unwrap_err();
+            assert_eq!(status.code(), Code::Unauthenticated, "{alg} {name}");
+            assert_eq!(status.get_details_error_info().unwrap().reason, "REASON_MALFORMED", "{alg} {name}");
+        }
+    }
+}
+
+/// `levels` of nesting in a claim, counting the payload object as the first.
+fn nested_claim(claims: &Value, levels: usize) -> String {
+    let text = claims.to_string();
+    let deep = format!("{}\"leaf\"{}", "[".repeat(levels - 1), "]".repeat(levels - 1));
+    format!("{},\"deep\":{deep}}}", &text[..text.len() - 1])
+}
+
+/// Depth of a Struct value: a Struct is one level, each list or struct inside one more.
+fn struct_depth(s: &prost_types::Struct) -> usize {
+    use prost_types::value::Kind;
+    fn value(v: &prost_types::Value) -> usize {
+        match &v.kind {
+            Some(Kind::ListValue(l)) => 1 + l.values.iter().map(value).max().unwrap_or(0),
+            Some(Kind::StructValue(s)) => struct_depth(s),
+            _ => 0,
+        }
+    }
+    1 + s.fields.values().map(value).max().unwrap_or(0)
+}
+
+/// Issue 17, finding 5: claims nested up to 32 levels come back whole in
+/// `claims` and `claims_json`; deeper, the token is MALFORMED on every RPC
+/// (before: VALID, with a Struct Python could not decode past ~50 levels and
+/// an empty one past 127).
+#[tokio::test]
+async fn claims_nest_at_most_32_levels() {
+    let key = TestKey::es256("ins_test");
+    let issuer = TestIssuer::start(vec![key.clone()]).await.unwrap();
+    let server = Server::ready(&issuer).await;
+    let claims = issuer.session_claims(server.now());
+    let header = br#"{"alg":"ES256","kid":"ins_test","typ":"JWT"}"#;
+    for levels in [31, 32] {
+        let payload = nested_claim(&claims, levels);
+        let token = key.mint_raw(header, payload.as_bytes());
+        assert_eq!(server.reason(&token).await, Reason::Valid, "{levels} levels");
+        let answer = server.get_claims(&token).await.unwrap();
+        assert_eq!(answer.claims_json, payload, "{levels} levels");
+        let claims = answer.claims.unwrap();
+        assert_eq!(struct_depth(&claims), levels, "{levels} levels, none lost");
+        assert_eq!(claims.fields.len(), 13, "{levels} levels: every claim");
+    }
+    for levels in [33, 200] {
+        let token = key.mint_raw(header, nested_claim(&claims, levels).as_bytes());
+        let answer = server.verify(&token).await;
+        assert_eq!(Reason::try_from(answer.reason).unwrap(), Reason::Malformed, "{levels} levels");
+        assert!(answer.message.contains("deeper than 32 levels"), "{}", answer.message);
+        let status = server.get_claims(&token).await.unwrap_err();
+        assert_eq!(status.get_details_error_info().unwrap().reason, "REASON_MALFORMED", "{levels} levels");
+    }
+}
+
+/// Found by the differential test: an `alg` of five bytes with a non-ASCII
+/// character across its second byte ("aéxy") made the verifier slice a
+/// string inside a character and panic; the call was reset (CANCELLED)
+/// instead of answered.
+#[tokio::test]
+async fn any_alg_text_gets_an_answer() {
+    let key = TestKey::rsa("ins_test");
+    let issuer = TestIssuer::start(vec![key.clone()]).await.unwrap();
+    let server = Server::ready(&issuer).await;
+    let claims = issuer.session_claims(server.now());
+    for alg in ["aéxy", "x\u{feff}y", "Hé12", "HS25\u{e9}", "\u{1F600}", "é"] {
+        let token = key.mint_with_header(&json!({"alg": alg, "kid": "ins_test"}), &claims);
+        let answer = server.verify(&token).await;
+        assert_eq!(Reason::try_from(answer.reason).unwrap(), Reason::AlgorithmNotAllowed, "{alg}: {}", answer.message);
+    }
+    // The connection is still there for the next call.
+    assert_eq!(server.reason(&key.mint(&claims)).await, Reason::Valid);
+}

@@ -30,6 +30,15 @@ fn with(changes: serde_json::Value) -> Claims {
     claims(v)
 }
 
+/// The base claims with `changes` set as given (`null` stays `null`).
+fn set(changes: serde_json::Value) -> Claims {
+    let mut v = base();
+    for (k, val) in changes.as_object().unwrap() {
+        v[k] = val.clone();
+    }
+    claims(v)
+}
+
 fn outcome(c: &Claims, policy: &Policy, expect: &Expectations<'_>, now: i64) -> Reason {
     check(effective_kind(TokenKind::Session, c), c, policy, expect, now)
         .map(|()| Reason::Valid)
@@ -70,6 +79,16 @@ fn one_row_per_reason_and_edge() {
         ("nbf = now + skew + 1", with(json!({"nbf": NOW + 6})), &default, NOW, Reason::NotYetValid),
         ("iat = now + skew + 1", with(json!({"iat": NOW + 6})), &default, NOW, Reason::NotYetValid),
         ("iat and nbf absent", with(json!({"iat": null, "nbf": null})), &default, NOW, Reason::Valid),
+        // A NumericDate is a number: null is the wrong type, not an absent
+        // claim (found by the differential test: jose refuses these).
+        ("nbf null", set(json!({"nbf": null})), &default, NOW, Reason::MissingClaim),
+        ("iat null", set(json!({"iat": null})), &default, NOW, Reason::MissingClaim),
+        ("exp null", set(json!({"exp": null})), &default, NOW, Reason::MissingClaim),
+        // Fractions round toward refusal (nbf and iat up, exp down).
+        ("nbf = now + skew + 0.5", with(json!({"nbf": NOW as f64 + 5.5})), &default, NOW, Reason::NotYetValid),
+        ("iat = now + skew + 0.5", with(json!({"iat": NOW as f64 + 5.5})), &default, NOW, Reason::NotYetValid),
+        ("nbf = now + skew - 0.5", with(json!({"nbf": NOW as f64 + 4.5})), &default, NOW, Reason::Valid),
+        ("exp + skew - 0.5", with(json!({"exp": NOW as f64 - 4.5})), &default, NOW, Reason::Expired),
         ("expired beats future nbf", with(json!({"exp": NOW - 100, "nbf": NOW + 100})), &default, NOW, Reason::Expired),
         ("sts pending", with(json!({"sts": "pending"})), &default, NOW, Reason::SessionPending),
         ("sts pending accepted", with(json!({"sts": "pending"})), &pending_ok, NOW, Reason::Valid),
@@ -175,9 +194,11 @@ fn payloads_that_are_not_objects_or_repeat_claims() {
 
 #[test]
 fn numeric_dates() {
-    let c = with(json!({"exp": 1e30, "iat": -5, "nbf": 12.9}));
+    let c = with(json!({"exp": 1e30, "iat": -5, "nbf": 12.1}));
     assert_eq!(c.exp, Claim::Present(i64::MAX));
     assert_eq!(c.iat, Claim::Present(-5));
-    assert_eq!(c.nbf, Claim::Present(12));
+    assert_eq!(c.nbf, Claim::Present(13), "rounded up");
+    assert_eq!(with(json!({"exp": 12.9})).exp, Claim::Present(12), "rounded down");
+    assert_eq!(set(json!({"exp": null, "nbf": null, "iat": null})).nbf, Claim::WrongType);
     assert_eq!(with(json!({"exp": true})).exp, Claim::WrongType);
 }
