@@ -652,7 +652,18 @@ async fn refused_tokens_never_reach_the_database(env: &Env, cases: &[&str]) {
             if let Some(token) = token {
                 let (verdict, message) = env.verdict(token).await;
                 assert_eq!(verdict.as_str_name(), *reason, "{case}");
-                assert_eq!(body["message"], message, "{case}: clerk-introspect's sentence, unchanged");
+                // (Its numbers may have moved on by a second: "expired 240 s ago".)
+                let digits = |s: &str| {
+                    let mut out = String::new();
+                    for c in s.chars() {
+                        if !(c.is_ascii_digit() && out.ends_with('#')) {
+                            out.push(if c.is_ascii_digit() { '#' } else { c });
+                        }
+                    }
+                    out
+                };
+                let sentence = body["message"].as_str().unwrap();
+                assert_eq!(digits(sentence), digits(&message), "{case}: clerk-introspect's sentence, unchanged");
             }
         }
     }
