@@ -45,6 +45,19 @@ const POLL: Duration = Duration::from_millis(20);
 /// Statements one request sends: BEGIN, SET LOCAL ROLE, set_config, the query, COMMIT.
 const STATEMENTS_PER_REQUEST: usize = 5;
 
+/// The newcomer's commands as `docs/supabase.md` shows them (checked to be
+/// there, verbatim), run against `demo` with its address, our database and a
+/// free port put in.
+const DOCS: &str = "docs/supabase.md";
+const DOCS_SERVICE: &str = "target/tools/venv/bin/python3 examples/supabase/python/service.py --introspect localhost:50051 --database postgresql:///clerk_supabase_example --listen 127.0.0.1:8080 &";
+const DOCS_POST: &str =
+    r#"curl -s -H "Authorization: Bearer $TOKEN" -d '{"body": "my first note"}' localhost:8080/notes"#;
+const DOCS_LIST: &str = r#"curl -s -H "Authorization: Bearer $TOKEN" localhost:8080/notes"#;
+const DOCS_WHOAMI: &str = r#"curl -s -H "Authorization: Bearer $TOKEN" localhost:8080/whoami"#;
+const DOCS_NO_TOKEN: &str = "curl -si localhost:8080/notes";
+/// The demo's user.
+const DEMO_USER: &str = "user_2pDemoUser000000000000000";
+
 const ALICE: &str = "user_2pAlice00000000000000000";
 const BOB: &str = "user_2pBob0000000000000000000";
 const CAROL: &str = "user_2pCarol00000000000000000";
@@ -326,13 +339,18 @@ impl Service {
                 c
             }
         };
+        command.args(["--introspect", introspect, "--database", database, "--listen", "127.0.0.1:0"]);
+        Service::spawn(command, &format!("the {lang:?} example service"))
+    }
+
+    /// Starts `command` and waits for its `listening on <url>` line.
+    fn spawn(mut command: Command, what: &str) -> Service {
         let mut child = command
-            .args(["--introspect", introspect, "--database", database, "--listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("start the {lang:?} example service: {e}"));
+            .unwrap_or_else(|e| panic!("start {what}: {e}"));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let lines = stderr.clone();
         let err = child.stderr.take().unwrap();
@@ -359,7 +377,7 @@ impl Service {
             None => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("the {lang:?} example service did not start: {:#?}", stderr.lock().unwrap());
+                panic!("{what} did not start: {:#?}", stderr.lock().unwrap());
             }
         };
         Service { child, url, stderr }
@@ -781,6 +799,121 @@ fn auth_uid_fails_on_a_clerk_id_where_auth_jwt_sub_works() {
     // And the RLS policies, written with auth.jwt(), work for the Clerk id.
     pg.as_postgrest("authenticated", &clerk, "insert into public.notes (body) values ('mine')").expect("insert");
     assert_eq!(pg.as_postgrest("authenticated", &clerk, "select body from public.notes").unwrap(), "mine");
+}
+
+/// What `docs/supabase.md` tells a newcomer to run works against
+/// `clerk-introspect demo`: the token line demo prints can be pasted into a
+/// shell, and the Python service, started as the docs show, answers the
+/// docs' requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docs_commands_work_against_demo() {
+    for command in ["cargo run --release -- demo", DOCS_SERVICE, DOCS_POST, DOCS_LIST, DOCS_WHOAMI, DOCS_NO_TOKEN] {
+        let docs = fs::read_to_string(repo().join(DOCS)).expect("read the docs");
+        assert!(docs.lines().any(|l| l.trim() == command), "{DOCS} no longer shows the tested command:\n  {command}");
+    }
+    tools();
+    let pg = tokio::task::block_in_place(Postgres::start);
+    let demo = tokio::task::block_in_place(Demo::start);
+
+    // The token, as a shell has it after the pasted line.
+    let out = Command::new("bash")
+        .args(["-c", &format!("{}\nprintf '%s' \"$TOKEN\"", demo.export_line)])
+        .output()
+        .expect("run bash");
+    let token = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success() && token.split('.').count() == 3, "the pasted line gives no token: {out:?}");
+
+    let service = DOCS_SERVICE
+        .trim_end_matches(" &")
+        .replace("target/tools/venv/bin/python3", &tools().join("python3").display().to_string())
+        .replace("localhost:50051", &demo.addr)
+        .replace("postgresql:///clerk_supabase_example", &pg.conninfo())
+        .replace("127.0.0.1:8080", "127.0.0.1:0");
+    let mut words = service.split(' ');
+    let mut command = Command::new(words.next().unwrap());
+    command.args(words).current_dir(repo());
+    let service = tokio::task::block_in_place(|| Service::spawn(command, "the docs' Python service"));
+    let http = reqwest::Client::new();
+    let call = |method: &str, path: &str, token: Option<&str>, body: Option<&str>| {
+        let mut request = http.request(method.parse().unwrap(), format!("{}{path}", service.url));
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        if let Some(body) = body {
+            request = request.body(body.to_owned());
+        }
+        async move {
+            let response = request.send().await.expect("the service answers");
+            (response.status().as_u16(), response.text().await.unwrap())
+        }
+    };
+    let (status, added) = call("POST", "/notes", Some(&token), Some(r#"{"body": "my first note"}"#)).await;
+    assert_eq!(status, 201, "{added}");
+    let (status, notes) = call("GET", "/notes", Some(&token), None).await;
+    assert_eq!(status, 200, "{notes}");
+    let notes: Value = serde_json::from_str(&notes).unwrap();
+    assert_eq!(notes, json!([{"id": 1, "user_id": DEMO_USER, "body": "my first note"}]));
+    let (status, whoami) = call("GET", "/whoami", Some(&token), None).await;
+    let whoami: Value = serde_json::from_str(&whoami).unwrap();
+    assert_eq!((status, &whoami["current_user"], &whoami["sub"]), (200, &json!("authenticated"), &json!(DEMO_USER)));
+    let before = pg.statement_count("supabase-example-python");
+    let (status, refused) = call("GET", "/notes", None, None).await;
+    assert_eq!(status, 401, "{refused}");
+    assert!(refused.contains("REASON_MALFORMED"), "{refused}");
+    assert_eq!(pg.statement_count("supabase-example-python"), before, "Postgres received nothing");
+}
+
+/// `clerk-introspect demo`, serving until dropped.
+struct Demo {
+    child: Child,
+    addr: String,
+    export_line: String,
+}
+
+impl Demo {
+    fn start() -> Demo {
+        let mut child = Command::new(external::BIN)
+            .args(["demo", "--listen", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start clerk-introspect demo");
+        let (tx, rx) = mpsc::channel();
+        let out = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let (mut addr, mut export_line, mut seen) = (None, None, Vec::new());
+        let deadline = Instant::now() + START_TIMEOUT;
+        while addr.is_none() || export_line.is_none() {
+            let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) else {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("demo did not print its address and an `export TOKEN=` line: {seen:#?}");
+            };
+            if let Some(rest) = line.strip_prefix("The server keeps running at ") {
+                addr = rest.split(' ').next().map(str::to_owned);
+            }
+            if line.trim_start().starts_with("export TOKEN='") {
+                // A line of its own: what a person copies is the whole line.
+                export_line = Some(line.trim().to_owned());
+            }
+            seen.push(line);
+        }
+        Demo { child, addr: addr.unwrap(), export_line: export_line.unwrap() }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 #[test]
