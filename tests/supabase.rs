@@ -4,9 +4,11 @@
 //!
 //! Each test starts its own PostgreSQL server (Debian's binaries: `initdb`
 //! into a temporary directory, `postgres` on a free loopback port, stopped at
-//! the end, also on a panic), loads `examples/supabase/schema.sql`, starts the
-//! `clerk-introspect serve` binary against a loopback test issuer, and drives
-//! an example service (Python with psycopg, Node with pg) over HTTP.
+//! the end, also on a panic) and loads `examples/supabase/schema.sql`. The
+//! service tests then start the `clerk-introspect serve` binary against a
+//! loopback test issuer and drive an example service (Python with psycopg,
+//! Node with pg) over HTTP; the others run SQL through psql as PostgREST
+//! would, to show what the refusals prevent.
 //!
 //! What reaches the database is read from Postgres' own statement log
 //! (`log_statement = all`, each line tagged with the connection's
@@ -42,6 +44,9 @@ use tonic_health::pb::health_check_response::ServingStatus;
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// Interval between readiness polls.
 const POLL: Duration = Duration::from_millis(20);
+/// The example services' deadline for GetClaims (2 s by default): a busy
+/// machine must not turn into a refusal; a hang still ends.
+const DEADLINE: [&str; 2] = ["--deadline", "30"];
 /// Statements one request sends: BEGIN, SET LOCAL ROLE, set_config, the query, COMMIT.
 const STATEMENTS_PER_REQUEST: usize = 5;
 
@@ -167,7 +172,8 @@ impl Postgres {
                 // std drops the supplementary groups before setuid.
                 command.uid(uid).gid(gid);
             }
-            command.env_remove("PGDATA").stdin(Stdio::null());
+            without_libpq_environment(&mut command);
+            command.stdin(Stdio::null());
             command
         };
         let out = as_owner("initdb")
@@ -218,6 +224,7 @@ impl Postgres {
 
     fn psql_command(&self, args: &[&std::ffi::OsStr]) -> Command {
         let mut command = Command::new(self.bin.join("psql"));
+        without_libpq_environment(&mut command);
         command
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "postgres", "-h"])
             .arg(&self.dir.0)
@@ -237,7 +244,8 @@ impl Postgres {
         }
         let mut child =
             command.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("run psql");
-        std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes()).expect("write to psql");
+        // psql may exit before reading (a server not up yet): its status says why.
+        let _ = std::io::Write::write_all(&mut child.stdin.take().unwrap(), script.as_bytes());
         let out = child.wait_with_output().expect("wait for psql");
         let stdout = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_owned();
@@ -293,6 +301,17 @@ impl Drop for Postgres {
     }
 }
 
+/// Removes the libpq variables (`PGHOST`, `PGPASSWORD`, `PGOPTIONS`, …) a
+/// machine may have set for its own database from `command`'s environment:
+/// the connection strings here say everything.
+fn without_libpq_environment(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(|n| n.starts_with("PG")) {
+            command.env_remove(name);
+        }
+    }
+}
+
 /// The SQL of a logged statement: `LOG:  statement: SQL` (simple protocol)
 /// or `LOG:  execute <name>: SQL` (extended protocol).
 fn sql_of(line: &str) -> Option<&str> {
@@ -340,11 +359,13 @@ impl Service {
             }
         };
         command.args(["--introspect", introspect, "--database", database, "--listen", "127.0.0.1:0"]);
+        command.args(DEADLINE);
         Service::spawn(command, &format!("the {lang:?} example service"))
     }
 
     /// Starts `command` and waits for its `listening on <url>` line.
     fn spawn(mut command: Command, what: &str) -> Service {
+        without_libpq_environment(&mut command);
         let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -831,7 +852,7 @@ async fn the_docs_commands_work_against_demo() {
         .replace("127.0.0.1:8080", "127.0.0.1:0");
     let mut words = service.split(' ');
     let mut command = Command::new(words.next().unwrap());
-    command.args(words).current_dir(repo());
+    command.args(words).args(DEADLINE).current_dir(repo());
     let service = tokio::task::block_in_place(|| Service::spawn(command, "the docs' Python service"));
     let http = reqwest::Client::new();
     let call = |method: &str, path: &str, token: Option<&str>, body: Option<&str>| {
