@@ -496,6 +496,8 @@ impl Env {
         let text = response.text().await.expect("the answer's body");
         if let Some(token) = token {
             assert!(!text.contains(token), "the answer echoes the token: {text}");
+            let logged = self.service.stderr.lock().unwrap().iter().any(|l| l.contains(token));
+            assert!(!logged && !self.pg.log_text().contains(token), "the token was logged");
         }
         Answer { status, headers, text }
     }
