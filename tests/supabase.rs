@@ -638,7 +638,9 @@ async fn postgres_sees_the_signed_payload(env: &Env) {
 
 /// The tokens clerk-introspect refuses, with the HTTP status and reason each
 /// must get; none of them may reach the database.
-async fn refused_tokens_never_reach_the_database(env: &Env, cases: &[&str]) {
+///
+/// Returns the claims of the no-`role` and the `service_role` token.
+async fn refused_tokens_never_reach_the_database(env: &Env, cases: &[&str]) -> (Value, Value) {
     let other_key = TestKey::rsa("ins_2pOtherInstance00000000000");
     let other_issuer = TestIssuer::start(vec![other_key.clone()]).await.expect("a second issuer");
     let hs256 = {
@@ -647,9 +649,11 @@ async fn refused_tokens_never_reach_the_database(env: &Env, cases: &[&str]) {
         let secret = jsonwebtoken::EncodingKey::from_secret(b"a legacy Supabase JWT secret");
         jsonwebtoken::encode(&header, &env.claims(ALICE, json!({})), &secret).unwrap()
     };
+    let no_role = env.claims(ALICE, json!({"role": null}));
+    let service_role = env.claims(ALICE, json!({"role": "service_role"}));
     let all: Vec<(&str, Option<String>, u16, &str)> = vec![
-        ("no role", Some(env.token(ALICE, json!({"role": null}))), 403, "REASON_MISSING_ROLE"),
-        ("service_role", Some(env.token(ALICE, json!({"role": "service_role"}))), 403, "REASON_ROLE_NOT_ALLOWED"),
+        ("no role", Some(env.key.mint(&no_role)), 403, "REASON_MISSING_ROLE"),
+        ("service_role", Some(env.key.mint(&service_role)), 403, "REASON_ROLE_NOT_ALLOWED"),
         (
             "expired",
             Some(env.key.mint(&{
@@ -721,6 +725,41 @@ async fn refused_tokens_never_reach_the_database(env: &Env, cases: &[&str]) {
     assert_eq!(valid.status, 200, "{valid:?}");
     assert_eq!(env.statements(), before + STATEMENTS_PER_REQUEST, "{:#?}", env.pg.received(env.lang.application()));
     assert!(!env.pg.log_text().contains("sneaky"), "no refused write reached Postgres");
+    (no_role, service_role)
+}
+
+/// What the refusals of `no_role` and `service_role` (the claims of those
+/// tokens, Alice's) prevented, shown by running the same claims straight
+/// against Postgres the way PostgREST would have, with Alice and Bob each
+/// owning notes: without `role` the request runs as `anon`, so Alice silently
+/// sees nothing and cannot write; `service_role` bypasses row-level security:
+/// everyone's rows, and writes of anyone's.
+fn without_the_refusal(pg: &Postgres, no_role: &Value, service_role: &Value) {
+    assert!(no_role.get("role").is_none() && service_role["role"] == "service_role");
+    let who_and_what = "select current_user || '|' || (auth.jwt()->>'sub') || '|' \
+                        || coalesce(string_agg(body, ',' order by id), '') from public.notes";
+    // Control: the same claims with role authenticated see Alice's rows only.
+    let alices = pg.as_postgrest("authenticated", no_role, who_and_what).unwrap();
+    let alices = alices.strip_prefix(&format!("authenticated|{ALICE}|")).expect(&alices).to_owned();
+    assert!(!alices.is_empty() && !alices.contains("Bob"), "{alices}");
+
+    // No role: PostgREST's anon role. Postgres knows it is Alice, yet she
+    // sees nothing, with no error...
+    assert_eq!(pg.as_postgrest("anon", no_role, who_and_what).unwrap(), format!("anon|{ALICE}|"));
+    // ...and her writes fail on row-level security.
+    let write = pg.as_postgrest("anon", no_role, "insert into public.notes (body) values ('lost')");
+    assert!(write.as_ref().is_err_and(|e| e.contains("new row violates row-level security policy")), "{write:?}");
+
+    // service_role: every user's rows...
+    let everyone = pg.as_postgrest("service_role", service_role, who_and_what).unwrap();
+    let everyone = everyone.strip_prefix(&format!("service_role|{ALICE}|")).expect(&everyone).to_owned();
+    assert!(everyone.starts_with(&alices) && everyone.contains("Bob's note"), "{everyone}");
+    // ...and no insert check either: a row for Bob, written with Alice's
+    // claims, which as authenticated she cannot write.
+    let forge = format!("insert into public.notes (user_id, body) values ('{BOB}', 'forged')");
+    let refused = pg.as_postgrest("authenticated", service_role, &forge);
+    assert!(refused.as_ref().is_err_and(|e| e.contains("row-level security")), "{refused:?}");
+    pg.as_postgrest("service_role", service_role, &forge).expect("service_role writes any row");
 }
 
 // === Tests ===
@@ -739,13 +778,14 @@ async fn python_service_hands_postgres_the_signed_payload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn python_service_refuses_before_the_database() {
+async fn python_service_refuses_before_the_database_what_would_have_run_as_anon_or_bypassed_rls() {
     let env = Env::start(Lang::Python).await;
-    refused_tokens_never_reach_the_database(
-        &env,
-        &["no role", "service_role", "expired", "other issuer", "HS256", "no token"],
-    )
-    .await;
+    for (user, body) in [(ALICE, "Alice's note"), (BOB, "Bob's note")] {
+        assert_eq!(env.post("/notes", &env.token(user, json!({})), body).await.status, 201);
+    }
+    let cases = ["no role", "service_role", "expired", "other issuer", "HS256", "no token"];
+    let (no_role, service_role) = refused_tokens_never_reach_the_database(&env, &cases).await;
+    tokio::task::block_in_place(|| without_the_refusal(&env.pg, &no_role, &service_role));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -755,53 +795,6 @@ async fn node_service_keeps_users_apart_forwards_the_payload_and_refuses_before_
     only_org_admins_write_and_members_read(&env).await;
     postgres_sees_the_signed_payload(&env).await;
     refused_tokens_never_reach_the_database(&env, &["no role", "service_role", "expired", "no token"]).await;
-}
-
-/// What the refusals prevent, shown by running the same claims straight
-/// against Postgres the way PostgREST would have: a token without `role`
-/// runs as `anon` (its user silently sees nothing and cannot write), a
-/// `service_role` token bypasses row-level security and reads everyone's rows.
-#[test]
-fn without_the_refusal_no_role_runs_as_anon_and_service_role_reads_every_row() {
-    let pg = Postgres::start();
-    let claims = |sub: &str| json!({"sub": sub, "iss": "https://clerk.example.com", "exp": 4_102_444_800_u64});
-    for (sub, body) in [(ALICE, "alice-1"), (BOB, "bob-1")] {
-        pg.as_postgrest("authenticated", &claims(sub), &format!("insert into public.notes (body) values ('{body}')"))
-            .expect("insert as authenticated");
-    }
-    let who_and_what = "select current_user || '|' || (auth.jwt()->>'sub') || '|' || coalesce(string_agg(body, ',' order by id), '') from public.notes";
-    // Alice's token with a role: her row only.
-    assert_eq!(
-        pg.as_postgrest("authenticated", &claims(ALICE), who_and_what).unwrap(),
-        format!("authenticated|{ALICE}|alice-1")
-    );
-
-    // The same claims without `role`: PostgREST runs the request as anon.
-    // Postgres knows it is Alice, yet she sees nothing, with no error...
-    assert_eq!(pg.as_postgrest("anon", &claims(ALICE), who_and_what).unwrap(), format!("anon|{ALICE}|"));
-    // ...and her writes fail on row-level security.
-    let write = pg.as_postgrest("anon", &claims(ALICE), "insert into public.notes (body) values ('lost')");
-    assert!(write.as_ref().is_err_and(|e| e.contains("new row violates row-level security policy")), "{write:?}");
-
-    // A `service_role` token for Alice: row-level security does not apply.
-    assert_eq!(
-        pg.as_postgrest("service_role", &claims(ALICE), who_and_what).unwrap(),
-        format!("service_role|{ALICE}|alice-1,bob-1")
-    );
-    // Not even the insert check: a row for Bob, written with Alice's token.
-    pg.as_postgrest(
-        "service_role",
-        &claims(ALICE),
-        &format!("insert into public.notes (user_id, body) values ('{BOB}', 'forged')"),
-    )
-    .expect("service_role writes any row");
-    // Whereas authenticated Alice cannot forge a row for Bob.
-    let forged = pg.as_postgrest(
-        "authenticated",
-        &claims(ALICE),
-        &format!("insert into public.notes (user_id, body) values ('{BOB}', 'x')"),
-    );
-    assert!(forged.as_ref().is_err_and(|e| e.contains("row-level security")), "{forged:?}");
 }
 
 /// Supabase's `auth.uid()` casts `sub` to uuid: it fails on a Clerk user id,
