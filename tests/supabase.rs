@@ -786,6 +786,17 @@ async fn python_service_refuses_before_the_database_what_would_have_run_as_anon_
     let cases = ["no role", "service_role", "expired", "other issuer", "HS256", "no token"];
     let (no_role, service_role) = refused_tokens_never_reach_the_database(&env, &cases).await;
     tokio::task::block_in_place(|| without_the_refusal(&env.pg, &no_role, &service_role));
+
+    // clerk-introspect gone: no decision, so 503 (as the ext_authz server
+    // answers unavailable keys), and still nothing reaches the database.
+    let mut env = env;
+    env.server.stop();
+    let before = env.statements();
+    let answer = env.get("/notes", &env.token(ALICE, json!({}))).await;
+    assert_eq!(answer.status, 503, "{answer:?}");
+    assert_eq!(answer.json()["reason"], "UNAVAILABLE", "{answer:?}");
+    assert_eq!((answer.header("x-introspect-reason"), answer.header("retry-after")), ("UNAVAILABLE", "5"));
+    assert_eq!(env.statements(), before, "{:#?}", env.pg.received(env.lang.application()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
