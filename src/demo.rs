@@ -95,14 +95,17 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
         claims["exp"] = json!(now + 600);
         let example = key.mint(&claims);
         println!();
-        println!(
-            "The server keeps running at {addr} (gRPC, plaintext). Try it (this demo token is valid for 10 minutes):"
-        );
+        println!("The server keeps running at {addr} (gRPC, plaintext). A token for it, valid for 10 minutes:");
+        println!();
+        // On a line of its own, ready to paste into a shell: the examples'
+        // commands read the token from $TOKEN.
+        println!("  export TOKEN='{example}'");
+        println!();
+        println!("Then try it:");
         println!();
         println!(
-            "  grpcurl -plaintext -d '{{\"token\": \"{example}\"}}' {addr} introspect.v1.TokenIntrospection/Verify"
+            "  printf '{{\"token\": \"%s\"}}' \"$TOKEN\" | grpcurl -plaintext -d @ {addr} introspect.v1.TokenIntrospection/Verify"
         );
-        println!();
         println!("  grpcurl -plaintext {addr} list");
         println!();
         println!("Press Ctrl-C to stop.");
