@@ -17,7 +17,6 @@ use std::time::Duration;
 use clerk_introspect::App;
 use clerk_introspect::clock::{Clock, ManualClock};
 use clerk_introspect::config::{Config, IssuerConfig};
-use clerk_introspect::service::AuthzService;
 use clerk_introspect::test_issuer::{TestIssuer, TestKey};
 use clerk_introspect::verify::Expectations;
 use criterion::Criterion;
@@ -65,16 +64,16 @@ fn main() {
     let key = TestKey::rsa("ins_bench");
     let issuer = rt.block_on(TestIssuer::start(vec![key.clone()])).unwrap();
     let clock = Arc::new(ManualClock::starting_now());
-    let mut config = Config::new(vec![IssuerConfig::new(issuer.issuer())]);
-    config.clock = clock.clone();
-    let app = rt.block_on(async { App::start(&config) }).unwrap();
+    let config = Config::new(vec![IssuerConfig::new(issuer.issuer())]);
+    let deps = clerk_introspect::app::Deps { clock: clock.clone(), ..Default::default() };
+    let app = rt.block_on(async { App::start(&config, deps) }).unwrap();
     rt.block_on(async {
         while !app.readiness.is_ready() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
     let token = key.mint(&issuer.session_claims(clock.now()));
-    let service = AuthzService::new(app.verifier.clone(), app.authz.clone());
+    let service = app.authz.clone();
     let bearer = format!("Bearer {token}");
     let cookie = format!("__client_uat=1731000000; theme=dark; __session={token}; _ga=GA1.2.3.4");
 

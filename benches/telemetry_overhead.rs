@@ -96,18 +96,11 @@ struct World {
 }
 
 async fn start_server(issuer: &TestIssuer, meter: Option<opentelemetry::metrics::Meter>) -> (App, Channel) {
-    let mut config = Config::new(vec![clerk_introspect::config::IssuerConfig::new(issuer.issuer())]);
-    config.telemetry.meter = meter;
+    let config = Config::new(vec![clerk_introspect::config::IssuerConfig::new(issuer.issuer())]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let app = App::start(&config).unwrap();
-    tokio::spawn(clerk_introspect::server::serve_with(
-        listener,
-        app.clone(),
-        config.shutdown_grace,
-        ServeOptions::default(),
-        std::future::pending::<()>(),
-    ));
+    let app = App::start(&config, clerk_introspect::app::Deps { meter, ..Default::default() }).unwrap();
+    tokio::spawn(clerk_introspect::serve(listener, app.clone(), ServeOptions::default(), std::future::pending::<()>()));
     let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !app.readiness.is_ready() {

@@ -16,7 +16,7 @@ use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-use crate::config::{Config, DemoArgs, IssuerConfig};
+use crate::config::{Config, IssuerConfig};
 use crate::pb::token_introspection_client::TokenIntrospectionClient;
 use crate::pb::{Reason, VerifyRequest};
 use crate::test_issuer::{TestIssuer, TestKey};
@@ -60,8 +60,9 @@ pub struct DemoRow {
     pub message: String,
 }
 
-/// Runs the demo (see the module docs).
-pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
+/// Runs the demo (see the module docs) on `listen`; with `once`, prints
+/// the table and returns instead of serving until Ctrl-C.
+pub async fn run(listen: SocketAddr, once: bool) -> Result<(), DemoError> {
     let key = TestKey::rsa("ins_demo2pInstance000000000000");
     let issuer = TestIssuer::start(vec![key.clone()])
         .await
@@ -70,9 +71,8 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     issuer_config.policy.authorized_parties = vec![DEMO_ORIGIN.to_owned()];
     let config = Config::new(vec![issuer_config]);
 
-    let listener =
-        TcpListener::bind(args.listen).await.map_err(|source| DemoError::Bind { addr: args.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| DemoError::Bind { addr: args.listen, source })?;
+    let listener = TcpListener::bind(listen).await.map_err(|source| DemoError::Bind { addr: listen, source })?;
+    let addr = listener.local_addr().map_err(|source| DemoError::Bind { addr: listen, source })?;
     let stop = CancellationToken::new();
     let mut server = tokio::spawn(crate::server::run(listener, config, stop.clone().cancelled_owned()));
 
@@ -89,7 +89,7 @@ pub async fn run(args: DemoArgs) -> Result<(), DemoError> {
     println!();
     print!("{}", table(&rows));
 
-    if !args.once {
+    if !once {
         let mut claims = issuer.session_claims(SystemTime::now());
         let now = claims["iat"].as_u64().unwrap_or_default();
         claims["exp"] = json!(now + 600);

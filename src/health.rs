@@ -29,6 +29,32 @@ pub const LIVENESS_SERVICE: &str = "liveness";
 /// stale by the passage of time alone).
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What the admin endpoint reads of health ([`Readiness`] is one).
+pub trait HealthSource: Send + Sync + std::fmt::Debug {
+    /// Readiness and each issuer's key state, now.
+    fn report(&self) -> HealthReport;
+}
+
+/// Readiness and what it is made of, for a person.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthReport {
+    /// Whether the server should receive traffic.
+    pub ready: bool,
+    /// Whether the drain has started.
+    pub draining: bool,
+    /// Each trusted issuer, by name.
+    pub issuers: Vec<IssuerHealth>,
+}
+
+/// One issuer's key state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuerHealth {
+    /// The issuer.
+    pub issuer: String,
+    /// Its key state, in words.
+    pub state: &'static str,
+}
+
 /// Shared readiness state.
 #[derive(Debug)]
 pub struct Readiness {
@@ -48,6 +74,11 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::SeqCst)
             && self.verifier.trust().issuers().all(|i| i.keys.status() == KeyStatus::Ready)
+    }
+
+    /// Whether the drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
     }
 
     /// Marks the start of the drain: not ready from now on.
@@ -87,5 +118,24 @@ impl Readiness {
                 () = tokio::time::sleep(RECHECK_INTERVAL) => {}
             }
         }
+    }
+}
+
+impl HealthSource for Readiness {
+    fn report(&self) -> HealthReport {
+        let trust = self.verifier.trust();
+        let mut issuers: Vec<IssuerHealth> = trust
+            .issuers()
+            .map(|i| IssuerHealth {
+                issuer: i.keys.issuer().to_string(),
+                state: match i.keys.status() {
+                    KeyStatus::Loading => "loading (keys not fetched yet)",
+                    KeyStatus::Ready => "ready",
+                    KeyStatus::Stale => "stale (keys older than --max-key-staleness)",
+                },
+            })
+            .collect();
+        issuers.sort_by(|a, b| a.issuer.cmp(&b.issuer));
+        HealthReport { ready: self.is_ready(), draining: self.is_draining(), issuers }
     }
 }

@@ -4,35 +4,34 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: the command line and the validated [`Config`].
-//! - [`keys`]: OIDC discovery, JWKS fetch, parsed keys, refresh and refetch.
-//! - [`verify`]: the verification pipeline and per-issuer [`verify::Policy`].
+//! - [`cli`]: the command line (clap lives here and in `main` only).
+//! - [`config`]: settings in layers (defaults, environment, file, command
+//!   line), validated once into a plain [`Config`].
+//! - [`app`]: the running service built from a [`Config`] ([`App::start`])
+//!   and its reload ([`App::reload`]).
+//! - [`server`]: serving an [`App`]: listeners, connections, call limits,
+//!   the admin HTTP endpoint, the reload loop ([`server::serve`], [`run`]).
 //! - [`service`]: gRPC adapters (TokenIntrospection, Envoy's ext_authz
-//!   Authorization); [`service::respond`] maps outcomes to answers,
-//!   [`service::unary`] frames Verify's request and answer.
-//! - [`server`]: assembly, serving and drain ([`run`]).
-//! - [`health`]: readiness published through `grpc.health.v1`.
-//! - [`runtime`]: the binary's Tokio runtime (single-threaded on one CPU).
-//! - [`tls`]: TLS and mTLS for the listener, with certificate reload.
-//! - [`listener`]: the gRPC accept loop: connection cap, handshake deadline, accept-error backoff.
-//! - [`reload`]: configuration reload (SIGHUP, file changes) without a restart.
-//! - [`cli`]: the `verify`, `inspect` and `check-issuer` commands.
-//! - [`telemetry`]: logs, spans, metrics, OpenTelemetry export, and the
-//!   HTTP `/metrics`, `/healthz`, `/readyz` endpoint.
-//! - [`clock`]: injectable wall clock.
-//! - [`demo`]: the `demo` command.
-//! - [`test_issuer`]: a loopback issuer for the demo, tests and benchmarks.
+//!   Authorization); [`service::respond`] maps outcomes to answers.
+//! - [`verify`]: the verification pipeline and per-issuer [`verify::Policy`].
+//! - [`keys`]: OIDC discovery, JWKS fetch, parsed keys, refresh and refetch.
+//! - [`health`]: readiness, published through `grpc.health.v1` and `/readyz`.
+//! - [`telemetry`]: logs, spans, metrics, OpenTelemetry export.
+//! - [`tls`]: TLS and mTLS configuration, with certificate reload.
+//! - [`runtime`], [`shutdown`], [`clock`]: the Tokio runtime, signals, an
+//!   injectable wall clock.
+//! - [`demo`] and [`test_issuer`]: the `demo` command and the loopback
+//!   issuer it, the tests and the benchmarks use.
 //! - [`pb`]: generated wire types.
 
+pub mod app;
 pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod health;
 pub mod keys;
-pub mod listener;
 pub mod pb;
-pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod service;
@@ -42,8 +41,9 @@ pub mod test_issuer;
 pub mod tls;
 pub mod verify;
 
+pub use app::App;
 pub use config::Config;
-pub use server::{App, ServeError, ServeOptions, run, run_with};
+pub use server::{ServeError, ServeOptions, run, serve};
 
 /// `error`, then each of its sources whose text is not already included,
 /// joined by ": " (for one-line messages and logs).

@@ -3,9 +3,14 @@
 
 use std::process::ExitCode;
 
-use clap::{ArgMatches, CommandFactory, FromArgMatches};
-use clerk_introspect::ServeOptions;
-use clerk_introspect::config::{Cli, Command, MetricsListen, ServeArgs};
+use std::sync::Arc;
+
+use clap::Parser;
+use clerk_introspect::app::{App, Deps};
+use clerk_introspect::cli::serve::ServeArgs;
+use clerk_introspect::cli::{Cli, Command};
+use clerk_introspect::config::{self, MetricsListen};
+use clerk_introspect::server::{Reloading, ServeOptions};
 use clerk_introspect::telemetry::otel::{OtelConfig, OtelPipeline};
 use clerk_introspect::telemetry::{self, LogFormat};
 use tokio::net::TcpListener;
@@ -34,9 +39,7 @@ fn return_freed_memory() {
 }
 
 fn main() -> ExitCode {
-    // The matches tell flags given on the command line from env vars and defaults.
-    let matches = Cli::command().get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let cli = Cli::parse();
     // Only serve logs at info by default; the other commands print to stdout.
     let default_level = if matches!(cli.command, Command::Serve(_)) { "info" } else { "warn" };
     let runtime = match clerk_introspect::runtime::build() {
@@ -49,15 +52,13 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => {
-                serve(*args, matches.subcommand_matches("serve"), cli.log_format, default_level).await
-            }
+            Command::Serve(args) => serve(*args, cli.log_format, default_level).await,
             command => {
                 telemetry::init(cli.log_format, default_level, None);
                 match command {
                     Command::Demo(args) => {
                         return_freed_memory();
-                        match clerk_introspect::demo::run(args).await {
+                        match clerk_introspect::demo::run(args.listen, args.once).await {
                             Ok(()) => ExitCode::SUCCESS,
                             Err(e) => {
                                 eprintln!("clerk-introspect demo: {e}");
@@ -78,7 +79,7 @@ fn main() -> ExitCode {
 /// `serve`: OpenTelemetry and logs first (the exporters need the runtime,
 /// the log subscriber needs the tracer), then the configuration, then the
 /// listeners, then serving with reload; buffered telemetry is flushed last.
-async fn serve(args: ServeArgs, matches: Option<&ArgMatches>, log_format: LogFormat, default_level: &str) -> ExitCode {
+async fn serve(args: ServeArgs, log_format: LogFormat, default_level: &str) -> ExitCode {
     let otel = match OtelConfig::from_env().map(|c| (OtelPipeline::start(&c), c)) {
         Ok((Ok(p), c)) => {
             telemetry::init(log_format, default_level, p.tracer());
@@ -104,7 +105,7 @@ async fn serve(args: ServeArgs, matches: Option<&ArgMatches>, log_format: LogFor
         }
     };
     return_freed_memory();
-    let code = serve_with_telemetry(&args, matches, otel.meter()).await;
+    let code = serve_with_telemetry(&args, otel.meter()).await;
     // Flush what is buffered (spans, the last metric values) before exiting.
     match tokio::task::spawn_blocking(move || otel.shutdown()).await {
         Ok(errors) => {
@@ -117,27 +118,27 @@ async fn serve(args: ServeArgs, matches: Option<&ArgMatches>, log_format: LogFor
     code
 }
 
-async fn serve_with_telemetry(
-    args: &ServeArgs,
-    matches: Option<&ArgMatches>,
-    meter: Option<opentelemetry::metrics::Meter>,
-) -> ExitCode {
-    let (mut config, source) = match clerk_introspect::config::file::resolve(args, matches) {
+async fn serve_with_telemetry(args: &ServeArgs, meter: Option<opentelemetry::metrics::Meter>) -> ExitCode {
+    let loader = args.loader();
+    let config = match loader.load() {
         Ok(c) => c,
         Err(e) => {
             eprintln!("clerk-introspect: invalid configuration: {e}");
             return ExitCode::from(EX_USAGE);
         }
     };
-    // Before --check-config, so that it shows the cap serve would use.
-    config.connections.max_connections =
-        clerk_introspect::listener::fit_to_file_limit(config.connections.max_connections);
     if args.check_config {
-        print!("{}", clerk_introspect::config::file::summary(&config));
+        print!("{}", config::summary(&config));
         return ExitCode::SUCCESS;
     }
-    config.telemetry.meter = meter;
-    let metrics_listener = match args.metrics_listen {
+    let (overriding, issuer_env_ignored) = loader.overrides();
+    if issuer_env_ignored {
+        tracing::warn!("CLERK_ISSUER is set but ignored: with --config the issuers come from the config file");
+    }
+    for flag in overriding {
+        tracing::info!(flag, "a flag on the command line overrides this setting for every issuer in the config file");
+    }
+    let admin_listener = match config.metrics_listen {
         MetricsListen::Off => None,
         MetricsListen::Addr(addr) => match TcpListener::bind(addr).await {
             Ok(l) => Some(l),
@@ -154,9 +155,18 @@ async fn serve_with_telemetry(
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
-    let options = ServeOptions { metrics_listener };
+    let app = match App::start(&config, Deps { meter, ..Deps::default() }) {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("clerk-introspect: {}", clerk_introspect::error_chain(&e));
+            return ExitCode::from(EX_UNAVAILABLE);
+        }
+    };
+    let reload =
+        Reloading { loader: loader.file().is_some().then(|| Arc::new(loader)), watch_interval: config.watch_interval };
+    let options = ServeOptions { admin_listener, reload: Some(reload) };
     let shutdown = clerk_introspect::shutdown::signal();
-    match clerk_introspect::reload::run(listener, config, source, options, shutdown).await {
+    match clerk_introspect::serve(listener, app, options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("clerk-introspect: {}", clerk_introspect::error_chain(&e));

@@ -3,11 +3,10 @@
 //! certificates reloaded without a restart.
 //!
 //! Plaintext stays the default (service-mesh sidecars terminate TLS
-//! themselves). With TLS, every accepted TCP connection is handed to its own
-//! task for the handshake, bounded in time (`--handshake-timeout`, which
-//! also covers the HTTP/2 preface after it: [`crate::listener`]) and in
-//! number ([`MAX_PENDING_HANDSHAKES`]), so a slow or silent client never
-//! holds up the accept loop. Only completed handshakes reach tonic.
+//! themselves). With TLS, the listener ([`crate::server::listener::tls`])
+//! hands every accepted TCP connection to its own task for the handshake,
+//! bounded in time and in number, so a slow or silent client never holds up
+//! the accept loop.
 //!
 //! Reload: [`TlsState::reload`] re-reads the certificate, key and client-CA
 //! files and, if their contents changed, builds a new `ServerConfig` and
@@ -17,29 +16,17 @@
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
-use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::WebPkiClientVerifier;
 use tokio_rustls::rustls::{self, RootCertStore, ServerConfig};
-use tokio_rustls::server::TlsStream;
-use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
-use tracing::{debug, info};
+use tracing::info;
 
-use crate::listener::{self, AcceptErrors, ConnectionTable};
-
-/// Most handshakes in progress at once; further connections wait in the
-/// kernel's accept queue.
-pub const MAX_PENDING_HANDSHAKES: usize = 1024;
 /// Largest certificate, key or CA file read.
 pub const MAX_PEM_FILE_BYTES: u64 = 1024 * 1024;
 
@@ -282,75 +269,4 @@ fn build(files: &TlsFiles) -> Result<(ServerConfig, u64), TlsError> {
     let mut config = builder.with_single_cert(certs, key).map_err(refused)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok((config, fingerprint))
-}
-
-/// An accepted TLS connection (its slot under `--max-connections`, its
-/// preface deadline).
-pub type Connection = listener::Connection<TlsStream<TcpStream>>;
-
-/// The stream of TLS connections tonic serves: TCP connections accepted on
-/// `listener` (at most `slots.max()` open at once), each handshaken in its
-/// own task; `timeout`, from the accept, bounds the TLS handshake and then
-/// the HTTP/2 preface. The accept loop stops (and the listener closes) as
-/// soon as the stream is dropped, which tonic does when the drain starts.
-pub fn incoming(
-    listener: TcpListener,
-    tls: Arc<TlsState>,
-    table: ConnectionTable,
-    timeout: Duration,
-) -> ReceiverStream<io::Result<Connection>> {
-    let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(accept_loop(listener, tls, table, timeout, tx));
-    ReceiverStream::new(rx)
-}
-
-async fn accept_loop(
-    listener: TcpListener,
-    tls: Arc<TlsState>,
-    table: ConnectionTable,
-    timeout: Duration,
-    tx: mpsc::Sender<io::Result<Connection>>,
-) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
-    let mut errors = AcceptErrors::new("grpc");
-    loop {
-        let permit = tokio::select! {
-            () = tx.closed() => return,
-            permit = pending.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let Some((tcp, peer, slot)) = listener::accept_into(&listener, &table, &mut errors, &tx).await else { return };
-        let _ = tcp.set_nodelay(true);
-        let deadline = Instant::now() + timeout;
-        let acceptor = tls.acceptor();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let handshaken = handshake(acceptor, tcp, peer, deadline).await;
-            drop(permit);
-            if let Some(stream) = handshaken {
-                let _ = tx.send(Ok(Connection::new(stream, deadline, Some(peer), slot))).await;
-            }
-        });
-    }
-}
-
-async fn handshake(
-    acceptor: TlsAcceptor,
-    tcp: TcpStream,
-    peer: SocketAddr,
-    deadline: Instant,
-) -> Option<TlsStream<TcpStream>> {
-    match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
-        Ok(Ok(stream)) => Some(stream),
-        Ok(Err(e)) => {
-            debug!(%peer, error = %e, "TLS handshake refused");
-            None
-        }
-        Err(_) => {
-            debug!(%peer, "TLS handshake timed out");
-            None
-        }
-    }
 }

@@ -130,12 +130,13 @@ pub async fn check(args: &CheckIssuerArgs) -> Report {
 /// loads it: each with its key source (discovery, `jwks_uri`, or static
 /// keys, which are listed without any fetch) and its refresh interval.
 pub async fn check_config(path: &std::path::Path) -> Result<Vec<Report>, crate::config::ConfigError> {
-    use crate::config::ConfigError;
-    use crate::config::file::{CommandLine, Source};
+    use crate::config::{ConfigError, Loader};
     use crate::keys::KeySource;
-    let cli = CommandLine::parse_from([std::ffi::OsString::from("--config"), path.as_os_str().to_owned()])
-        .map_err(|e| ConfigError::new("--config", e.to_string().trim_end().to_owned()))?;
-    let config = Source::new(path.to_path_buf(), cli).load()?;
+    // The environment as serve reads it (say, INTROSPECT_REFRESH_INTERVAL).
+    let env = super::serve::parse(std::iter::empty::<&str>())
+        .map_err(|e| ConfigError::new("environment", e.to_string().trim_end().to_owned()))?
+        .env;
+    let config = Loader::for_file(path, env).load()?;
     let mut reports = Vec::with_capacity(config.issuers.len());
     for issuer in &config.issuers {
         reports.push(match &issuer.source {

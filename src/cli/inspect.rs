@@ -14,7 +14,8 @@ use serde_json::{Map, Value, json};
 use super::{approx, now_unix, read_token, rfc3339, table};
 use crate::keys::fetch::is_loopback_host;
 use crate::keys::jwk::{AlgClass, Algorithm, truncate};
-use crate::verify::claims::{Claim, Claims, effective_kind};
+use crate::verify::claims::{Claim, Claims};
+use crate::verify::policy::effective_kind;
 use crate::verify::rejection::{Rejection, is_supabase_auth_issuer};
 use crate::verify::token::{self, TokenKind, category};
 

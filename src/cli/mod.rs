@@ -1,20 +1,73 @@
-//! The operator commands besides `serve` and `demo`:
+//! The command line: the only place clap is used (with `main`).
 //!
+//! - [`Cli`]: the subcommands and the global `--log-format`;
+//! - [`serve`]: `serve`'s flags, built from the settings table;
 //! - [`verify`]: ask a running server about a token and print its answer;
 //! - [`inspect`]: decode a token locally (UNVERIFIED) and flag wrong set-ups;
 //! - [`check_issuer`]: fetch an issuer's discovery document and JWKS as
 //!   `serve` would, and report what is there and what is wrong.
 //!
-//! Each has a function that computes a report (tested directly) and one
-//! that prints it as a table or as JSON; `main` only maps the outcome to an
-//! exit code.
+//! Each operator command has a function that computes a report (tested
+//! directly) and one that prints it as a table or as JSON; `main` only maps
+//! the outcome to an exit code.
 
 pub mod check_issuer;
 pub mod inspect;
+pub mod serve;
 pub mod verify;
 
 use std::io::Read;
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+/// clerk-introspect: verifies Clerk session tokens centrally, over gRPC and
+/// as an Envoy ext_authz server, before they reach Supabase.
+#[derive(Debug, Parser)]
+#[command(name = "clerk-introspect", version, about, long_about = None)]
+pub struct Cli {
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format on stderr: text (human-readable) or json (one object per line, for log pipelines). RUST_LOG sets the levels.
+    #[arg(long, global = true, env = "INTROSPECT_LOG_FORMAT", default_value = "text", value_parser = parse_log_format, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+}
+
+fn parse_log_format(s: &str) -> Result<LogFormat, String> {
+    s.parse()
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the gRPC server (TokenIntrospection, health, reflection, Envoy ext_authz).
+    Serve(Box<serve::ServeArgs>),
+    /// Run a self-contained demo: a local test issuer, the server, and a few tokens verified through gRPC. No network or Clerk account needed.
+    Demo(DemoArgs),
+    /// Ask a running server to verify a token, and print its answer (exit 0 valid, 1 invalid, 2 could not ask).
+    Verify(verify::VerifyArgs),
+    /// Decode a token locally, WITHOUT verifying it, and flag wrong set-ups (HS256, Supabase-minted, no role, ...).
+    Inspect(inspect::InspectArgs),
+    /// Fetch an issuer's discovery document and JWKS exactly as serve would, and report what is found and every problem.
+    CheckIssuer(check_issuer::CheckIssuerArgs),
+}
+
+/// Flags of `demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// gRPC listen address of the demo server (loopback by default).
+    #[arg(long, env = "INTROSPECT_LISTEN", default_value = "127.0.0.1:50051", value_name = "ADDR")]
+    pub listen: SocketAddr,
+
+    /// Print the table and exit instead of serving until Ctrl-C.
+    #[arg(long)]
+    pub once: bool,
+}
 
 /// Largest input read from stdin for a token (the server accepts at most
 /// 64 KiB per request, and a token is at most 16 KiB).

@@ -7,7 +7,7 @@
 //! - `--max-connection-idle`: GOAWAY once no call has been in progress for
 //!   that long (gRPC's `MAX_CONNECTION_IDLE`);
 //! - the connection table making room for a new client
-//!   ([`crate::listener::ConnectionTable`]): GOAWAY, then
+//!   ([`super::listener::ConnectionTable`]): GOAWAY, then
 //!   [`EVICTION_GRACE`].
 //!
 //! tonic's own serve loop offers the first two only, and no way to close a
@@ -30,10 +30,9 @@ use tonic::service::Routes;
 use tracing::{debug, trace};
 
 use super::limits::{CallLimits, CallService};
-use crate::listener::{CloseReason, Connection, ConnectionTable, EVICTION_GRACE};
+use super::listener::{CloseReason, Connection, ConnectionTable, EVICTION_GRACE};
+use crate::config::ConnectionSettings;
 
-/// Most concurrent calls (HTTP/2 streams) per client connection, by default.
-pub const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100;
 /// A connection that has sent nothing for this long gets an HTTP/2 PING...
 pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 /// ...and is closed when the PING is not answered within this: a client
@@ -66,6 +65,17 @@ pub struct Http2Settings {
     pub max_age_grace: Duration,
     /// GOAWAY after this long without a call; `None`: no limit.
     pub max_idle: Option<Duration>,
+}
+
+impl From<&ConnectionSettings> for Http2Settings {
+    fn from(c: &ConnectionSettings) -> Self {
+        Http2Settings {
+            max_concurrent_streams: c.max_streams_per_connection,
+            max_age: c.max_age,
+            max_age_grace: c.max_age_grace,
+            max_idle: c.max_idle,
+        }
+    }
 }
 
 impl Http2Settings {

@@ -35,8 +35,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tonic::Status;
@@ -44,18 +42,14 @@ use tonic::body::Body;
 use tonic::service::Routes;
 use tower::Service as _;
 
-use crate::listener::{CallOnConnection, ConnectionState};
+use super::listener::{CallOnConnection, ConnectionState};
+use crate::config::ConnectionSettings;
+use crate::telemetry::metrics::{LimitMetrics, LimitUse, RefusalLabels};
 
 /// Health checks' own calls in flight, beyond `--max-calls-in-flight`.
 pub const PROBE_RESERVE: usize = 64;
 /// The path of the one RPC the probe reserve serves.
 pub const HEALTH_CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
-/// Default of `--max-calls-in-flight`.
-pub const DEFAULT_MAX_CALLS: usize = 2048;
-/// Default of `--max-request-bytes`.
-pub const DEFAULT_MAX_REQUEST_BYTES: usize = 16 * 1024 * 1024;
-/// Default of `--request-timeout`.
-pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a call was refused by a limit (a metrics label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,20 +91,6 @@ impl Refusal {
     }
 }
 
-/// Labels of [`LimitMetrics::refused`].
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-pub struct RefusalLabels {
-    /// [`Refusal::as_str`].
-    pub limit: &'static str,
-}
-
-/// Counters of refused calls, by limit.
-#[derive(Clone, Debug, Default)]
-pub struct LimitMetrics {
-    /// Calls refused, by [`Refusal`].
-    pub refused: Family<RefusalLabels, Counter>,
-}
-
 /// The limits' settings (validated configuration).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Settings {
@@ -122,6 +102,17 @@ pub struct Settings {
     pub request_timeout: Duration,
     /// Longest from a call's headers to its answer.
     pub call_timeout: Duration,
+}
+
+impl From<&ConnectionSettings> for Settings {
+    fn from(c: &ConnectionSettings) -> Self {
+        Settings {
+            max_calls: c.max_calls,
+            max_request_bytes: c.max_request_bytes,
+            request_timeout: c.request_timeout,
+            call_timeout: c.call_timeout,
+        }
+    }
 }
 
 /// The shared budgets of every call on one server.
@@ -377,7 +368,7 @@ impl Drop for LimitedBody {
     }
 }
 
-/// An answer's body, holding its call's [`CallGuard`] until hyper has sent
+/// An answer's body, holding its call's guard (its places in the budgets) until hyper has sent
 /// it (or the stream was reset).
 pub struct GuardedBody {
     inner: Body,
@@ -404,6 +395,24 @@ impl HttpBody for GuardedBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl LimitUse for CallLimits {
+    fn calls_in_flight(&self) -> usize {
+        CallLimits::calls_in_flight(self)
+    }
+
+    fn max_calls(&self) -> usize {
+        self.inner.settings.max_calls
+    }
+
+    fn request_bytes(&self) -> usize {
+        CallLimits::request_bytes(self)
+    }
+
+    fn max_request_bytes(&self) -> usize {
+        self.inner.settings.max_request_bytes
     }
 }
 

@@ -8,7 +8,6 @@
 //! Wire types come from the `envoy-types` crate; the vendored protos in
 //! `proto/vendor/` only feed server reflection.
 
-pub mod settings;
 pub mod source;
 
 use std::sync::Arc;
@@ -18,9 +17,9 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use super::respond::check as respond;
+pub use crate::config::authz::AuthzConfig;
 use crate::telemetry::{Rpc, RpcCall, Telemetry};
 use crate::verify::{VerifiedToken, Verifier, VerifyError};
-pub use settings::{AuthzArgs, AuthzConfig};
 use source::{Candidates, Headers, RouteExpectations};
 
 /// Largest request accepted: a `CheckRequest` carries every request header

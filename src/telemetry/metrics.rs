@@ -180,13 +180,12 @@ impl Collector for KeyGauges {
 /// nothing for them).
 #[derive(Debug, Default)]
 struct LimitGauges {
-    limits: OnceLock<crate::server::limits::CallLimits>,
+    limits: OnceLock<Arc<dyn LimitUse>>,
 }
 
 impl Collector for LimitGauges {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let Some(limits) = self.limits.get() else { return Ok(()) };
-        let settings = limits.settings();
         let as_i64 = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         for (name, help, value) in [
             (
@@ -197,7 +196,7 @@ impl Collector for LimitGauges {
             (
                 "calls_in_flight_max",
                 "Most gRPC calls in progress at once (--max-calls-in-flight; health checks have 64 more)",
-                settings.max_calls,
+                limits.max_calls(),
             ),
             (
                 "request_bytes_buffered",
@@ -207,7 +206,7 @@ impl Collector for LimitGauges {
             (
                 "request_bytes_buffered_max",
                 "Most bytes of requests held at once (--max-request-bytes)",
-                settings.max_request_bytes,
+                limits.max_request_bytes(),
             ),
         ] {
             let family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
@@ -294,7 +293,51 @@ impl OtelInstruments {
     }
 }
 
-/// The metrics of one [`crate::App`].
+/// The metrics of one listener's connection table.
+#[derive(Clone, Debug, Default)]
+pub struct TableMetrics {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections the server asked to close, by reason.
+    pub closed_by_server: Family<CloseLabels, Counter>,
+}
+
+/// Labels of [`TableMetrics::closed_by_server`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabels {
+    /// `grpc` or `metrics`.
+    pub listener: &'static str,
+    /// `make_room` or `idle`.
+    pub reason: &'static str,
+}
+
+/// Counters of calls refused by the server's limits.
+#[derive(Clone, Debug, Default)]
+pub struct LimitMetrics {
+    /// Calls refused, by limit.
+    pub refused: Family<RefusalLabels, Counter>,
+}
+
+/// Labels of [`LimitMetrics::refused`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `calls_in_flight`, `request_bytes` or `request_timeout`.
+    pub limit: &'static str,
+}
+
+/// How much of the server's call budgets is in use, read at scrape time.
+pub trait LimitUse: Send + Sync + std::fmt::Debug {
+    /// Calls in progress.
+    fn calls_in_flight(&self) -> usize;
+    /// Most calls in progress at once.
+    fn max_calls(&self) -> usize;
+    /// Request bytes held.
+    fn request_bytes(&self) -> usize;
+    /// Most request bytes held at once.
+    fn max_request_bytes(&self) -> usize;
+}
+
+/// The metrics of one [`crate::app::App`].
 pub struct Metrics {
     registry: Registry,
     verifications: Family<VerdictLabels, Counter>,
@@ -305,8 +348,8 @@ pub struct Metrics {
     keys: Arc<KeyGauges>,
     connections: Gauge,
     connections_max: Gauge,
-    closed_by_server: Family<crate::listener::CloseLabels, Counter>,
-    refused: Family<crate::server::limits::RefusalLabels, Counter>,
+    closed_by_server: Family<CloseLabels, Counter>,
+    refused: Family<RefusalLabels, Counter>,
     limits: Arc<LimitGauges>,
     otel: Option<OtelInstruments>,
     /// Each RPC's in-flight gauge and latency histogram, looked up in their
@@ -378,13 +421,13 @@ impl Metrics {
             "Most client connections the gRPC listener holds open at once (--max-connections, as lowered to the open-files limit)",
             connections_max.clone(),
         );
-        let closed_by_server = Family::<crate::listener::CloseLabels, Counter>::default();
+        let closed_by_server = Family::<CloseLabels, Counter>::default();
         registry.register(
             "connections_closed_by_server",
             "Connections the server asked to close, by listener (grpc, metrics) and reason (make_room: the table was full and a new client came; idle: --max-connection-idle)",
             closed_by_server.clone(),
         );
-        let refused = Family::<crate::server::limits::RefusalLabels, Counter>::default();
+        let refused = Family::<RefusalLabels, Counter>::default();
         registry.register(
             "calls_refused",
             "gRPC calls refused by a server limit (calls_in_flight, request_bytes: RESOURCE_EXHAUSTED; request_timeout: DEADLINE_EXCEEDED)",
@@ -425,31 +468,28 @@ impl Metrics {
         })
     }
 
-    /// The metrics of the gRPC listener's connection table
-    /// ([`crate::listener::ConnectionTable`]); records `max` as its cap.
-    pub fn grpc_connections(&self, max: usize) -> crate::listener::TableMetrics {
+    /// The metrics of the gRPC listener's connection table; records `max`
+    /// as its cap.
+    pub fn grpc_connections(&self, max: usize) -> TableMetrics {
         self.connections_max.set(i64::try_from(max).unwrap_or(i64::MAX));
-        crate::listener::TableMetrics {
-            open: self.connections.clone(),
-            closed_by_server: self.closed_by_server.clone(),
-        }
+        TableMetrics { open: self.connections.clone(), closed_by_server: self.closed_by_server.clone() }
     }
 
-    /// The metrics of the metrics port's connection table (its open
+    /// The metrics of the admin port's connection table (its open
     /// connections are not exported; its closes are).
-    pub fn metrics_port_connections(&self) -> crate::listener::TableMetrics {
-        crate::listener::TableMetrics { open: Gauge::default(), closed_by_server: self.closed_by_server.clone() }
+    pub fn admin_connections(&self) -> TableMetrics {
+        TableMetrics { open: Gauge::default(), closed_by_server: self.closed_by_server.clone() }
     }
 
     /// The counters of calls refused by the server's limits.
-    pub fn call_limits(&self) -> crate::server::limits::LimitMetrics {
-        crate::server::limits::LimitMetrics { refused: self.refused.clone() }
+    pub fn call_limits(&self) -> LimitMetrics {
+        LimitMetrics { refused: self.refused.clone() }
     }
 
     /// Reads calls in flight and request bytes buffered from `limits` at
     /// scrape time. Only the first call counts.
-    pub fn watch_limits(&self, limits: &crate::server::limits::CallLimits) {
-        let _ = self.limits.limits.set(limits.clone());
+    pub fn watch_limits(&self, limits: Arc<dyn LimitUse>) {
+        let _ = self.limits.limits.set(limits);
     }
 
     /// Reads key state from `verifier` (held weakly: the key caches hold

@@ -1,5 +1,4 @@
-//! Observability: logs, spans, metrics, and the HTTP endpoint that serves
-//! them. Nothing recorded here ever contains a token or a signature: spans
+//! Observability: logs, spans and metrics. Nothing recorded here ever contains a token or a signature: spans
 //! and logs carry the issuer, kid, algorithm and reason; metric labels are
 //! bounded (RPC, reason, configured issuer, fetch trigger and result).
 //!
@@ -8,11 +7,11 @@
 //! - Spans: one server span per RPC ([`Telemetry::begin`] → [`RpcCall`]),
 //!   continuing the caller's W3C `traceparent`; exported over OTLP/gRPC
 //!   when [`otel`] is configured, in the logs at `debug` ([`RPC_TARGET`]).
-//! - Metrics ([`metrics`]): a per-[`crate::App`] Prometheus registry, served
-//!   by [`http`] on `--metrics-listen` with `/healthz` and `/readyz`, and
-//!   mirrored to OTLP when configured.
+//! - Metrics ([`metrics`]): a per-[`crate::app::App`] Prometheus registry,
+//!   served by [`crate::server::admin`] on `--metrics-listen`, and mirrored
+//!   to OTLP when configured.
+//! - [`throttle`]: at most one line per interval for a repeating warning.
 
-pub mod http;
 pub mod metrics;
 pub mod otel;
 pub mod throttle;
@@ -33,16 +32,8 @@ use tracing_subscriber::{EnvFilter, Layer};
 use crate::verify::{VerifiedToken, VerifyError};
 pub use metrics::Metrics;
 
-/// Telemetry settings carried in [`crate::Config`].
-#[derive(Clone, Debug, Default)]
-pub struct TelemetryConfig {
-    /// The OpenTelemetry meter that mirrors the Prometheus metrics over
-    /// OTLP ([`otel::OtelPipeline::meter`]); `None`: Prometheus only.
-    pub meter: Option<opentelemetry::metrics::Meter>,
-}
-
 /// The format of log lines on stderr.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum LogFormat {
     /// Human-readable lines (colored on a terminal).
     #[default]
@@ -50,6 +41,18 @@ pub enum LogFormat {
     /// One JSON object per line, with the current span's fields, for log
     /// pipelines.
     Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("invalid value {other:?}; use text or json")),
+        }
+    }
 }
 
 /// Builds the subscriber: log lines in `format` to `writer`, filtered by

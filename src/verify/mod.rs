@@ -10,7 +10,7 @@
 //!    fetching (rate-limited) when the issuer has no usable keys; the
 //!    algorithm must fit the key's type, curve and JWK `alg`;
 //! 5. signature, before any claim is trusted;
-//! 6. policy ([`claims::check`]): token kind, required claims, time,
+//! 6. policy ([`policy::check`]): token kind, required claims, time,
 //!    session status, `azp`, `aud`, `role`, narrowed by the call's
 //!    [`Expectations`].
 //!
@@ -21,6 +21,7 @@
 pub mod cache;
 pub mod claims;
 pub mod json;
+pub mod policy;
 pub mod rejection;
 pub mod token;
 
@@ -33,7 +34,8 @@ use crate::clock::Clock;
 use crate::keys::jwk::{Algorithm, VerificationKey};
 use crate::keys::{IssuerKeys, KeyMatch, KeySet};
 use cache::{TokenCache, TokenDigest};
-pub use claims::{Claims, Policy, TokenKinds};
+pub use claims::Claims;
+pub use policy::{Policy, TokenKinds};
 pub use rejection::{Reason, Rejection};
 pub use token::TokenKind;
 
@@ -91,7 +93,7 @@ impl Trust {
 }
 
 /// A token whose signature verified: what steps 1–5 established. The
-/// policy ([`claims::check`]) has still to be applied.
+/// policy ([`policy::check`]) has still to be applied.
 #[derive(Debug)]
 pub struct VerifiedToken {
     /// The issuer, as configured.
@@ -279,7 +281,7 @@ impl Verifier {
         if !cached && let (Some((cache, digest)), claims::Claim::Present(exp)) = (cache, &decoded.claims.exp) {
             cache.insert(*digest, &key, alg, exp.saturating_add(skew_of(&issuer.policy)), now);
         }
-        let kind = claims::effective_kind(decoded.header.kind, &decoded.claims);
+        let kind = policy::effective_kind(decoded.header.kind, &decoded.claims);
         let payload = decoded.payload;
         let verified = VerifiedToken {
             issuer: keys.issuer().clone(),
@@ -312,7 +314,7 @@ fn apply_policy(
     expect: &Expectations<'_>,
     now: i64,
 ) -> Result<(), Rejection> {
-    claims::check(token.kind, &token.claims, &issuer.policy, expect, now)
+    policy::check(token.kind, &token.claims, &issuer.policy, expect, now)
 }
 
 /// The policy's clock skew in seconds.

@@ -124,8 +124,11 @@ fn open_files_limit(pid: u32) -> (String, String) {
     (fields.next().unwrap().to_owned(), fields.next().unwrap().to_owned())
 }
 
+/// `/metrics` of a started binary, once it serves gRPC (its connection
+/// table is set up then; the metrics endpoint starts before it).
 async fn metrics_text(p: &mut ServeProcess) -> String {
-    let line = p.wait_for_line("serving HTTP /metrics");
+    p.wait_for_line("serving gRPC");
+    let line = p.log.iter().find(|l| l.contains("serving HTTP /metrics")).expect("the metrics endpoint is up").clone();
     let addr = line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     client.get(format!("http://{addr}/metrics")).send().await.unwrap().text().await.unwrap()
@@ -138,19 +141,19 @@ async fn the_binary_raises_its_open_files_limit_and_fits_the_cap_to_it() {
 
     // A soft limit under the hard one (as containers often start) is raised.
     let mut raised = ServeProcess::start_with_ulimit("-Sn 300", &["--issuer", issuer.issuer()]);
+    assert_eq!(sample(&metrics_text(&mut raised).await, "clerk_introspect_connections_max"), Some(4096));
     let (soft, hard) = open_files_limit(raised.child.id());
     assert_eq!(soft, hard, "the soft limit was raised to the hard one");
-    assert_eq!(sample(&metrics_text(&mut raised).await, "clerk_introspect_connections_max"), Some(4096));
     assert!(!raised.log.iter().any(|l| l.contains("lowered")), "{:?}", raised.log);
     raised.stop();
 
     // A hard limit of 300 holds 300 - 256 connections: the cap is lowered, and says so.
     let mut capped =
         ServeProcess::start_with_ulimit("-n 300", &["--issuer", issuer.issuer(), "--max-connections", "5000"]);
-    assert_eq!(open_files_limit(capped.child.id()), ("300".to_owned(), "300".to_owned()));
-    let warning = capped.wait_for_line("--max-connections is more than the open-files limit allows");
-    assert!(warning.contains("lowered_to=44"), "{warning}");
     assert_eq!(sample(&metrics_text(&mut capped).await, "clerk_introspect_connections_max"), Some(44));
+    assert_eq!(open_files_limit(capped.child.id()), ("300".to_owned(), "300".to_owned()));
+    let warning = capped.log.iter().find(|l| l.contains("--max-connections is more than the open-files limit allows"));
+    assert!(warning.is_some_and(|w| w.contains("lowered_to=44")), "{:?}", capped.log);
     capped.stop();
 }
 

@@ -9,8 +9,6 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use clap::Parser;
-use clerk_introspect::config::{Cli, Command as Sub};
 use clerk_introspect::service::AuthzService;
 use clerk_introspect::service::ext_authz::source::EXTENSION_KEYS;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -56,9 +54,8 @@ fn to_json(y: &Yaml, path: &str) -> Value {
 
 /// The default `--listen` port of `serve`.
 fn service_port() -> u64 {
-    let cli = Cli::try_parse_from(["clerk-introspect", "serve", "--issuer", "https://clerk.example.com"]).unwrap();
-    let Sub::Serve(args) = cli.command else { unreachable!() };
-    u64::from(args.listen.port())
+    let args = clerk_introspect::cli::serve::parse(["--issuer", "https://clerk.example.com"]).unwrap();
+    u64::from(args.loader().load().unwrap().listen.port())
 }
 
 /// Every value under `key`, anywhere in `v`.

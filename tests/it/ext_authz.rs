@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use clerk_introspect::config::Config;
-use clerk_introspect::service::ext_authz::settings::{AuthzArgs, AuthzConfig, UnavailableMode};
+use clerk_introspect::config::authz::{AuthzConfig, AuthzSettings as AuthzArgs, UnavailableMode};
 use clerk_introspect::test_issuer::{TestIssuer, TestKey};
 use envoy_types::ext_authz::v3::pb::{
     CheckRequest, CheckResponse, DeniedHttpResponse, HeaderAppendAction, HeaderValueOption, HttpResponse,
@@ -157,7 +157,7 @@ async fn setup_with(authz: AuthzArgs) -> (TestKey, TestIssuer, Server) {
     let key = TestKey::rsa("ins_test");
     let issuer = TestIssuer::start(vec![key.clone()]).await.unwrap();
     let mut config = Config::new(vec![issuer_config(&issuer)]);
-    config.authz = AuthzConfig::from_args(&authz).unwrap();
+    config.authz = AuthzConfig::from_settings(&authz).unwrap();
     let server = Server::start_with(config).await;
     server.wait_for(ServingStatus::Serving).await;
     (key, issuer, server)
@@ -396,7 +396,8 @@ async fn issuer_down_as_a_grpc_error() {
     issuer.set_up(false);
     let mut config = Config::new(vec![issuer_config(&issuer)]);
     config.authz =
-        AuthzConfig::from_args(&AuthzArgs { unavailable: UnavailableMode::GrpcError, ..AuthzArgs::default() }).unwrap();
+        AuthzConfig::from_settings(&AuthzArgs { unavailable: UnavailableMode::GrpcError, ..AuthzArgs::default() })
+            .unwrap();
     let server = Server::start_with(config).await;
     server.wait_for(ServingStatus::NotServing).await;
     let token = key.mint(&issuer.session_claims(server.now()));
@@ -414,7 +415,7 @@ async fn issuer_down_as_an_error_response() {
     issuer.set_up(false);
     let mut config = Config::new(vec![issuer_config(&issuer)]);
     config.authz =
-        AuthzConfig::from_args(&AuthzArgs { unavailable: UnavailableMode::ErrorResponse, ..AuthzArgs::default() })
+        AuthzConfig::from_settings(&AuthzArgs { unavailable: UnavailableMode::ErrorResponse, ..AuthzArgs::default() })
             .unwrap();
     let server = Server::start_with(config).await;
     server.wait_for(ServingStatus::NotServing).await;

@@ -1,6 +1,7 @@
 //! Integration tests: the real server on `127.0.0.1:0`, a real HTTP issuer
 //! on loopback (discovery + JWKS), real gRPC clients, exact reasons.
 
+mod architecture;
 mod cache;
 mod commands;
 mod config_file;

@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use clerk_introspect::config::Config;
-use clerk_introspect::config::file::{CommandLine, Source};
+use clerk_introspect::config::{Layer, Loader};
 use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_clerk-introspect");
@@ -66,10 +66,9 @@ pub fn load_config(path: &Path) -> Config {
     source(path).load().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The reload source of `serve --config FILE`.
-pub fn source(path: &Path) -> Source {
-    let line = CommandLine::parse_from(["--config", path.to_str().unwrap()]).unwrap();
-    Source::new(path.to_owned(), line)
+/// The loader of `serve --config FILE` (no environment).
+pub fn source(path: &Path) -> Loader {
+    Loader::for_file(path, Layer::default())
 }
 
 /// A CA and certificates it issued: a server certificate for localhost and

@@ -353,20 +353,19 @@ struct Observed {
 
 impl Observed {
     async fn start(issuers: Vec<IssuerConfig>) -> Observed {
-        let mut config = Config::new(issuers);
+        let config = Config::new(issuers);
         let clock = Arc::new(ManualClock::starting_now());
-        config.clock = clock.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let metrics_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = metrics_listener.local_addr().unwrap();
-        let app = App::start(&config).unwrap();
+        let deps = clerk_introspect::app::Deps { clock: clock.clone(), ..Default::default() };
+        let app = App::start(&config, deps).unwrap();
         let stop = CancellationToken::new();
-        let task = tokio::spawn(clerk_introspect::server::serve_with(
+        let task = tokio::spawn(clerk_introspect::serve(
             listener,
             app.clone(),
-            config.shutdown_grace,
-            ServeOptions { metrics_listener: Some(metrics_listener) },
+            ServeOptions { admin_listener: Some(metrics_listener), reload: None },
             stop.clone().cancelled_owned(),
         ));
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();

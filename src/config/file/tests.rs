@@ -1,10 +1,15 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-
-use clap::CommandFactory;
+use std::time::Duration;
 
 use super::*;
-use crate::keys::jwk::{KeyFamily, to_pem};
+use crate::cli::serve::{ServeArgs, parse as cli_parse};
+use crate::config::settings::Scope;
+use crate::config::{Config, Loader, validate};
+use crate::keys::jwk::{Algorithm, AlgorithmSet, KeyFamily, to_pem};
+use crate::keys::{KeySource, RefreshSettings};
+use crate::tls::TlsFiles;
+use crate::verify::{Policy, TokenKind, TokenKinds};
 
 const EXAMPLE: &str = include_str!("../../../examples/config.toml");
 const FIXTURES: &str = include_str!("../../../tests/data/clerk-js-fixtures.json");
@@ -73,13 +78,13 @@ fn example_dir() -> (Scratch, PathBuf) {
     (dir, path)
 }
 
-fn cli(args: &[&str]) -> CommandLine {
-    CommandLine::parse_from(args).unwrap()
+fn cli(args: &[&str]) -> ServeArgs {
+    cli_parse(args).unwrap()
 }
 
-fn parse_in(dir: &Scratch, text: &str, cli: &CommandLine) -> Result<Config, ConfigError> {
+fn parse_in(dir: &Scratch, text: &str, cli: &ServeArgs) -> Result<Config, ConfigError> {
     let path = dir.write("config.toml", text);
-    parse(text, &path, cli, &mut Vec::new())
+    validate(&Layer::defaults(), &cli.env, Some(&parse(text, &path)?), &cli.command_line)
 }
 
 fn parse_text(text: &str) -> Result<Config, ConfigError> {
@@ -89,8 +94,7 @@ fn parse_text(text: &str) -> Result<Config, ConfigError> {
 #[test]
 fn the_example_file_loads() {
     let (dir, path) = example_dir();
-    let source = Source::new(path.clone(), cli(&["--config", path.to_str().unwrap()]));
-    let config = source.load().unwrap_or_else(|e| panic!("{e}"));
+    let config = cli(&["--config", path.to_str().unwrap()]).loader().load().unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.listen, "0.0.0.0:50051".parse().unwrap());
     assert_eq!(config.shutdown_grace, Duration::from_secs(20));
     assert_eq!(config.watch_interval, Duration::from_secs(5));
@@ -140,48 +144,23 @@ fn the_example_file_loads() {
     }
 }
 
-/// The field names of a `#[derive(Deserialize)]` struct, as serde sees them.
-fn schema_fields<'de, T: Deserialize<'de>>() -> BTreeSet<&'static str> {
-    use serde::de::{Error as _, Visitor};
-    struct Grab<'a>(&'a mut Option<&'static [&'static str]>);
-    impl<'de> serde::Deserializer<'de> for Grab<'_> {
-        type Error = serde::de::value::Error;
-        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
-            Err(Self::Error::custom("not a struct"))
-        }
-        fn deserialize_struct<V: Visitor<'de>>(
-            self,
-            _: &'static str,
-            fields: &'static [&'static str],
-            _: V,
-        ) -> Result<V::Value, Self::Error> {
-            *self.0 = Some(fields);
-            Err(Self::Error::custom("fields grabbed"))
-        }
-        serde::forward_to_deserialize_any! {
-            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
-            unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
-        }
-    }
-    let mut fields = None;
-    let _ = T::deserialize(Grab(&mut fields));
-    fields.expect("a struct").iter().copied().collect()
-}
-
 #[test]
-fn the_example_file_shows_every_key_of_the_schema() {
+fn the_example_file_shows_every_key_of_the_settings_table() {
     let table: toml::Table = toml::from_str(EXAMPLE).unwrap();
     let keys = |t: &toml::Table| t.keys().cloned().collect::<BTreeSet<String>>();
-    let owned = |s: BTreeSet<&str>| s.into_iter().map(str::to_owned).collect::<BTreeSet<String>>();
-    assert_eq!(keys(&table), owned(schema_fields::<FileConfig>()), "top-level keys");
-    assert_eq!(keys(table["tls"].as_table().unwrap()), owned(schema_fields::<TlsEntry>()), "[tls] keys");
+    let server: Vec<&str> = Setting::file_keys(&[Scope::Server]).collect();
+    let mut top: BTreeSet<String> = server.iter().filter(|k| !k.starts_with("tls.")).map(|k| (*k).to_owned()).collect();
+    top.extend(["tls".to_owned(), "issuers".to_owned()]);
+    assert_eq!(keys(&table), top, "top-level keys");
+    let tls: BTreeSet<String> = server.iter().filter_map(|k| k.strip_prefix("tls.")).map(str::to_owned).collect();
+    assert_eq!(keys(table["tls"].as_table().unwrap()), tls, "[tls] keys");
     let mut issuer_keys = BTreeSet::new();
     for entry in table["issuers"].as_array().unwrap() {
         issuer_keys.extend(keys(entry.as_table().unwrap()));
     }
-    assert_eq!(issuer_keys, owned(schema_fields::<IssuerEntry>()), "[[issuers]] keys");
-    // And the grabber really reads the schema.
-    assert!(schema_fields::<IssuerEntry>().contains("max_key_staleness"));
+    let want: BTreeSet<String> = Setting::file_keys(&[Scope::Issuer, Scope::FileIssuer]).map(str::to_owned).collect();
+    assert_eq!(issuer_keys, want, "[[issuers]] keys");
+    assert!(want.contains("max_key_staleness"));
 }
 
 #[test]
@@ -243,7 +222,7 @@ max_key_staleness = "1h"
 #[test]
 fn defaults_fill_what_the_file_leaves_out() {
     let config = parse_text("[[issuers]]\nissuer = \"https://clerk.example.com\"\n").unwrap();
-    assert_eq!(config.listen, crate::config::DEFAULT_LISTEN);
+    assert_eq!(config.listen, "0.0.0.0:50051".parse().unwrap());
     assert_eq!(config.tls, None);
     let i = &config.issuers[0];
     assert!(matches!(i.source, KeySource::Discovery));
@@ -280,11 +259,11 @@ fn every_error_names_the_key_and_the_line() {
     error("foo = 1\n[[issuers]]\nissuer = \"https://a.example.com\"\n", "foo", 1, "unknown field `foo`");
     error(&format!("{ISSUER}clock_skw = 5\n"), "clock_skw", 3, "unknown field `clock_skw`, expected one of");
     error("[[issuer]]\nissuer = \"https://a.example.com\"\n", "issuer", 1, "unknown field `issuer`");
-    error(&format!("{ISSUER}require_azp = \"yes\"\n"), "require_azp", 3, "invalid type");
-    error(&format!("{ISSUER}roles = \"authenticated\"\n"), "roles", 3, "invalid type");
-    error(&format!("{ISSUER}clock_skew = \"5 parsecs\"\n"), "clock_skew", 3, "invalid duration");
-    error(&format!("{ISSUER}refresh_interval = -5\n"), "refresh_interval", 3, "cannot be negative");
-    error("[[issuers]]\njwks_uri = \"https://a.example.com/jwks\"\n", "issuer", 1, "missing field `issuer`");
+    error(&format!("{ISSUER}require_azp = \"yes\"\n"), "issuers[0].require_azp", 3, "invalid type");
+    error(&format!("{ISSUER}roles = \"authenticated\"\n"), "issuers[0].roles", 3, "invalid type");
+    error(&format!("{ISSUER}clock_skew = \"5 parsecs\"\n"), "issuers[0].clock_skew", 3, "invalid duration");
+    error(&format!("{ISSUER}refresh_interval = -5\n"), "issuers[0].refresh_interval", 3, "cannot be negative");
+    error("[[issuers]]\njwks_uri = \"https://a.example.com/jwks\"\n", "issuers[0]", 1, "missing field `issuer`");
     error("[[issuers]]\nissuer = \n", "issuer", 2, "");
     error(&format!("[tls]\ncert = \"cert.pem\"\nbogus = 1\n{ISSUER}"), "bogus", 3, "unknown field `bogus`");
 
@@ -391,9 +370,8 @@ fn the_file_wins_over_environment_variables_which_fill_the_rest() {
     let dir = Scratch::new();
     // As if INTROSPECT_CLOCK_SKEW=20 and INTROSPECT_ROLES=a,b were set.
     let mut line = cli(&[]);
-    line.args.clock_skew = 20;
-    line.args.roles = vec!["a".into(), "b".into()];
-    line.from_env.extend(["clock_skew".to_owned(), "roles".to_owned()]);
+    line.env.set_strs(Setting::ClockSkew, &["20".into()], Origin::Env(Setting::ClockSkew)).unwrap();
+    line.env.set_strs(Setting::Roles, &["a".into(), "b".into()], Origin::Env(Setting::Roles)).unwrap();
     let config = parse_in(&dir, &format!("{ISSUER}clock_skew = 30\n"), &line).unwrap();
     assert_eq!(config.issuers[0].policy.clock_skew, Duration::from_secs(30), "the file wins over the env");
     assert_eq!(config.issuers[0].policy.roles, ["a", "b"], "the env fills what the file leaves out");
@@ -424,27 +402,22 @@ fn issuers_come_from_the_file_only() {
     let dir = Scratch::new();
     let path = dir.write("config.toml", ISSUER);
     let config_flag = path.to_str().unwrap();
-    let line = cli(&["--config", config_flag, "--issuer", "https://other.example.com"]);
-    let matches = crate::config::Cli::command()
-        .try_get_matches_from(["x", "serve", "--config", config_flag, "--issuer", "https://other.example.com"])
-        .unwrap();
-    let err = resolve(line.args(), matches.subcommand_matches("serve")).map(|_| ()).unwrap_err();
+    let err = cli(&["--config", config_flag, "--issuer", "https://other.example.com"]).loader().load().unwrap_err();
     assert_eq!(err.flag, "--issuer");
-    let (config, source) = resolve(cli(&["--config", config_flag]).args(), None).unwrap();
-    assert_eq!(config.issuers.len(), 1);
-    assert_eq!(source.unwrap().path(), path.as_path());
+    let loader = cli(&["--config", config_flag]).loader();
+    assert_eq!(loader.load().unwrap().issuers.len(), 1);
+    assert_eq!(loader.file(), Some(path.as_path()));
 }
 
 #[test]
 fn flags_alone_still_work_without_a_file() {
-    let line = cli(&["--issuer", "https://clerk.example.com", "--clock-skew", "9"]);
-    let (config, source) = resolve(line.args(), None).unwrap();
-    assert!(source.is_none());
-    assert_eq!(config.issuers[0].policy.clock_skew, Duration::from_secs(9));
-    let err = resolve(cli(&["--issuer", "https://clerk.example.com", "--tls-cert", "/nonexistent"]).args(), None)
-        .map(|_| ())
-        .unwrap_err();
-    assert_eq!(err.flag, "--tls-key");
+    let loader = cli(&["--issuer", "https://clerk.example.com", "--clock-skew", "9"]).loader();
+    assert!(loader.file().is_none());
+    assert_eq!(loader.load().unwrap().issuers[0].policy.clock_skew, Duration::from_secs(9));
+    let err =
+        cli(&["--issuer", "https://clerk.example.com", "--tls-cert", "/nonexistent"]).loader().load().unwrap_err();
+    assert_eq!(err.flag, "--tls-cert");
+    assert!(err.problem.contains("--tls-key"), "{err}");
 }
 
 #[test]
@@ -452,7 +425,7 @@ fn a_source_notices_changes_to_the_file_and_the_key_files_it_names() {
     let dir = Scratch::new();
     let key = dir.write("k.pem", &rsa_pem());
     let path = dir.write("config.toml", &format!("{ISSUER}public_key_file = \"k.pem\"\n"));
-    let source = Source::new(path.clone(), cli(&[]));
+    let source = Loader::for_file(&path, Layer::default());
     assert!(source.changed(), "never loaded");
     source.load().unwrap();
     assert!(!source.changed());
@@ -479,7 +452,9 @@ proptest::proptest! {
         text in r#"(\[\[issuers\]\]\n|\[tls\]\n|[a-z_]{1,20} = ("[^"\n]{0,40}"|-?[0-9]{1,6}|\[("[^"\n]{0,20}",? ?){0,3}\]|true)\n|[^\n]{0,30}\n){0,8}"#
     ) {
         let line = cli(&[]);
-        match parse(&text, std::path::Path::new("/nonexistent/config.toml"), &line, &mut Vec::new()) {
+        let loaded = parse(&text, std::path::Path::new("/nonexistent/config.toml"))
+            .and_then(|file| validate(&Layer::defaults(), &line.env, Some(&file), &line.command_line));
+        match loaded {
             Ok(config) => proptest::prop_assert!(!config.issuers.is_empty()),
             Err(e) => proptest::prop_assert!(!e.to_string().contains('\n'), "{}", e),
         }

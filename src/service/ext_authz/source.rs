@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::config::core::v3::HeaderMap;
 use envoy_types::pb::envoy::service::auth::v3::CheckRequest;
 use envoy_types::pb::envoy::service::auth::v3::attribute_context::HttpRequest;
 
-use super::settings::AuthzConfig;
+use crate::config::authz::AuthzConfig;
 use crate::verify::{Expectations, Reason, Rejection};
 
 /// Most `name=value` pairs read from the cookie headers (browsers keep

@@ -24,7 +24,7 @@ use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc;
 use tonic::{Code, Status};
 
-use crate::service::ext_authz::settings::{AuthzConfig, IdentityField, UnavailableMode};
+use crate::config::authz::{AuthzConfig, IdentityField, UnavailableMode};
 use crate::verify::{Reason, Rejection, VerifiedToken, VerifyError};
 
 /// The response header naming the reason of a refusal.

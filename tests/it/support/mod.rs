@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use clerk_introspect::app::Deps;
 use clerk_introspect::clock::{Clock, ManualClock};
 use clerk_introspect::config::{Config, IssuerConfig};
 use clerk_introspect::keys::RefreshSettings;
@@ -64,18 +65,17 @@ impl Server {
         Self::start_with(Config::new(issuers)).await
     }
 
-    /// Starts the server with `config` (its clock is replaced by a manual one).
-    pub async fn start_with(mut config: Config) -> Server {
+    /// Starts the server with `config` and a manual clock.
+    pub async fn start_with(config: Config) -> Server {
         let clock = Arc::new(ManualClock::starting_now());
-        config.clock = clock.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().unwrap();
-        let app = App::start(&config).expect("app starts");
+        let app = App::start(&config, Deps { clock: clock.clone(), ..Deps::default() }).expect("app starts");
         let stop = CancellationToken::new();
-        let task = tokio::spawn(clerk_introspect::server::serve(
+        let task = tokio::spawn(clerk_introspect::serve(
             listener,
             app.clone(),
-            config.shutdown_grace,
+            clerk_introspect::ServeOptions::default(),
             stop.clone().cancelled_owned(),
         ));
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();

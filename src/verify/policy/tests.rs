@@ -2,6 +2,7 @@
 //! reason and per edge.
 
 use super::*;
+use crate::verify::claims::Organization;
 use serde_json::json;
 
 const NOW: i64 = 1_800_000_000;

@@ -7,7 +7,7 @@
 //!   Prometheus text format 0.0.4.
 //! - `GET /healthz`: 200 while the process is up (liveness).
 //! - `GET /readyz`: 200 when ready, 503 otherwise, by the same rule as gRPC
-//!   health ([`Readiness::is_ready`]); the body lists each issuer's state.
+//!   health ([`HealthSource`]); the body lists each issuer's state.
 //!
 //! Requests carry no body we read; hyper bounds the request head. The
 //! endpoint speaks HTTP/1.1 (what Prometheus and the kubelet use), serves at
@@ -16,7 +16,7 @@
 //! with every slot taken, closes an idle one (keep-alive, or still sending
 //! its head; the one idle the longest) to make room for a new client, so
 //! idle or slow clients cannot hold the port (see
-//! [`crate::listener::ConnectionTable`]).
+//! [`ConnectionTable`]).
 
 use std::fmt::Write as _;
 use std::future::Future;
@@ -34,10 +34,10 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::Metrics;
-use crate::health::Readiness;
-use crate::keys::KeyStatus;
-use crate::verify::Verifier;
+use super::listener::{self, AcceptErrors, ConnectionTable};
+use crate::app::App;
+use crate::health::HealthSource;
+use crate::telemetry::metrics::{Metrics, TableMetrics};
 
 /// `Content-Type` of the OpenMetrics text format.
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -64,7 +64,7 @@ pub struct Limits {
     /// Longest wait for a request head.
     pub header_read_timeout: Duration,
     /// Where the connection table counts the connections it closes.
-    pub metrics: crate::listener::TableMetrics,
+    pub metrics: TableMetrics,
 }
 
 impl Default for Limits {
@@ -72,24 +72,30 @@ impl Default for Limits {
         Self {
             max_connections: MAX_CONNECTIONS,
             header_read_timeout: HEADER_READ_TIMEOUT,
-            metrics: crate::listener::TableMetrics::default(),
+            metrics: TableMetrics::default(),
         }
     }
 }
 
-/// What the endpoint reads.
+/// What the endpoint reads: the metrics to encode and, through a narrow
+/// interface, health.
 #[derive(Clone, Debug)]
-pub struct HttpState {
+pub struct AdminState {
     /// The registry to serve.
     pub metrics: Arc<Metrics>,
-    /// Readiness for `/readyz`.
-    pub readiness: Arc<Readiness>,
-    /// The verifier, for the per-issuer lines of `/readyz`.
-    pub verifier: Arc<Verifier>,
+    /// Readiness and each issuer's key state, for `/readyz`.
+    pub health: Arc<dyn HealthSource>,
+}
+
+impl AdminState {
+    /// What `app`'s endpoint reads.
+    pub fn of(app: &App) -> Self {
+        Self { metrics: app.telemetry.metrics().clone(), health: app.readiness.clone() }
+    }
 }
 
 /// The routes.
-pub fn router(state: HttpState) -> Router {
+pub fn router(state: AdminState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -111,7 +117,7 @@ pub fn wants_openmetrics(headers: &HeaderMap) -> bool {
     })
 }
 
-async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {
+async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
     if wants_openmetrics(&headers) {
         text(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, state.metrics.encode_openmetrics())
     } else {
@@ -123,41 +129,30 @@ async fn healthz() -> Response {
     text(StatusCode::OK, "text/plain; charset=utf-8", "ok\n".to_owned())
 }
 
-async fn readyz(State(state): State<HttpState>) -> Response {
-    let ready = state.readiness.is_ready();
-    let mut body = String::from(if ready { "ready\n" } else { "not ready\n" });
-    let trust = state.verifier.trust();
-    let mut issuers: Vec<_> = trust.issuers().collect();
-    issuers.sort_by(|a, b| a.keys.issuer().cmp(b.keys.issuer()));
-    let mut all_loaded = true;
-    for i in issuers {
-        let status = i.keys.status();
-        all_loaded &= status == KeyStatus::Ready;
-        let word = match status {
-            KeyStatus::Loading => "loading (keys not fetched yet)",
-            KeyStatus::Ready => "ready",
-            KeyStatus::Stale => "stale (keys older than --max-key-staleness)",
-        };
-        let _ = writeln!(body, "issuer {}: {word}", i.keys.issuer());
+async fn readyz(State(state): State<AdminState>) -> Response {
+    let report = state.health.report();
+    let mut body = String::from(if report.ready { "ready\n" } else { "not ready\n" });
+    for issuer in &report.issuers {
+        let _ = writeln!(body, "issuer {}: {}", issuer.issuer, issuer.state);
     }
-    if !ready && all_loaded {
+    if report.draining {
         body.push_str("draining (shutting down)\n");
     }
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if report.ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     text(status, "text/plain; charset=utf-8", body)
 }
 
 /// The endpoint, running on its own task.
 #[derive(Debug)]
-pub struct HttpServer {
+pub struct AdminServer {
     addr: SocketAddr,
     stop: CancellationToken,
     task: JoinHandle<std::io::Result<()>>,
 }
 
-impl HttpServer {
-    /// Serves `state` on `listener` (already bound) until [`HttpServer::stop`].
-    pub fn spawn(listener: TcpListener, state: HttpState) -> std::io::Result<Self> {
+impl AdminServer {
+    /// Serves `state` on `listener` (already bound) until [`AdminServer::stop`].
+    pub fn spawn(listener: TcpListener, state: AdminState) -> std::io::Result<Self> {
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let task = tokio::spawn(serve(listener, state, stop.clone().cancelled_owned()));
@@ -187,17 +182,17 @@ impl HttpServer {
 /// the requests in progress.
 pub async fn serve(
     listener: TcpListener,
-    state: HttpState,
+    state: AdminState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let limits = Limits { metrics: state.metrics.metrics_port_connections(), ..Limits::default() };
+    let limits = Limits { metrics: state.metrics.admin_connections(), ..Limits::default() };
     serve_with(listener, state, limits, shutdown).await
 }
 
 /// [`serve`] with explicit [`Limits`].
 pub async fn serve_with(
     listener: TcpListener,
-    state: HttpState,
+    state: AdminState,
     limits: Limits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -209,16 +204,16 @@ pub async fn serve_with(
     );
     let mut http1 = hyper::server::conn::http1::Builder::new();
     http1.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
-    let table = crate::listener::ConnectionTable::new("metrics", limits.max_connections, limits.metrics.clone());
+    let table = ConnectionTable::new("metrics", limits.max_connections, limits.metrics.clone());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut accept_errors = crate::listener::AcceptErrors::new("metrics");
+    let mut accept_errors = AcceptErrors::new("metrics");
     tokio::pin!(shutdown);
     loop {
         // A connection, then its slot: with every slot taken, an idle
         // connection (keep-alive, or still sending its request head) is
         // closed to make room, so slow clients cannot hold the port.
         let (stream, _) = tokio::select! {
-            accepted = crate::listener::accept(&listener, &mut accept_errors) => accepted,
+            accepted = listener::accept(&listener, &mut accept_errors) => accepted,
             () = &mut shutdown => break,
         };
         let slot = tokio::select! {
@@ -264,9 +259,9 @@ mod tests {
     /// The endpoint with no issuer, on a loopback port, with `limits`.
     async fn endpoint(limits: Limits) -> (SocketAddr, CancellationToken, JoinHandle<std::io::Result<()>>) {
         let clock: Arc<dyn crate::clock::Clock> = Arc::new(crate::clock::SystemClock);
-        let verifier = Arc::new(Verifier::new(crate::verify::Trust::default(), clock.clone()));
-        let readiness = Arc::new(Readiness::new(verifier.clone(), Arc::new(tokio::sync::Notify::new())));
-        let state = HttpState { metrics: Arc::new(Metrics::new(clock, None)), readiness, verifier };
+        let verifier = Arc::new(crate::verify::Verifier::new(crate::verify::Trust::default(), clock.clone()));
+        let readiness = Arc::new(crate::health::Readiness::new(verifier, Arc::new(tokio::sync::Notify::new())));
+        let state = AdminState { metrics: Arc::new(Metrics::new(clock, None)), health: readiness };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
@@ -296,7 +291,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_table_closes_an_idle_connection_for_a_new_client() {
-        let metrics = crate::listener::TableMetrics::default();
+        let metrics = TableMetrics::default();
         let limits =
             Limits { max_connections: 2, header_read_timeout: Duration::from_secs(60), metrics: metrics.clone() };
         let (addr, stop, task) = endpoint(limits).await;
@@ -319,7 +314,7 @@ mod tests {
             .expect("closed by the server");
         let closed = metrics
             .closed_by_server
-            .get_or_create(&crate::listener::CloseLabels { listener: "metrics", reason: "make_room" })
+            .get_or_create(&crate::telemetry::metrics::CloseLabels { listener: "metrics", reason: "make_room" })
             .get();
         assert_eq!(closed, 1);
         // The kept-alive one still answers.
