@@ -157,11 +157,15 @@ def check_consistency(objects: dict[tuple[str, str], dict]) -> None:
         )
     if "CLERK_ISSUER" not in config:
         problem("config.env: CLERK_ISSUER is required")
-    # Every variable is one the binary reads (a clap `env = "..."` in src/), so a
-    # typo cannot pass silently as an unknown variable.
-    known = {"RUST_LOG"} | {
-        m for f in (REPO / "src").rglob("*.rs") for m in re.findall(r'env = "([A-Z0-9_]+)"', f.read_text())
-    }
+    # Every variable is one the binary reads (a clap `env = "..."` in src/cli, or
+    # the environment variable of a row of the settings table in
+    # src/config/settings.rs: `meta(key, flag, ENV, ...)`), so a typo cannot pass
+    # silently as an unknown variable.
+    known = {"RUST_LOG"}
+    for f in (REPO / "src").rglob("*.rs"):
+        text = f.read_text()
+        known |= set(re.findall(r'env = "([A-Z0-9_]+)"', text))
+        known |= set(re.findall(r'meta\(\s*"[^"]*",\s*"[^"]*",\s*"([A-Z0-9_]+)"', text))
     for key in config:
         if key not in known:
             problem(f"config.env: {key} is not a variable clerk-introspect reads")
