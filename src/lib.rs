@@ -15,6 +15,8 @@
 //!   Authorization); [`service::respond`] maps outcomes to answers.
 //! - [`verify`]: the verification pipeline and per-issuer [`verify::Policy`].
 //! - [`keys`]: OIDC discovery, JWKS fetch, parsed keys, refresh and refetch.
+//! - [`revocation`]: sessions, users and memberships Clerk ended, refused
+//!   before their tokens expire.
 //! - [`health`]: readiness, published through `grpc.health.v1` and `/readyz`.
 //! - [`telemetry`]: logs, spans, metrics, OpenTelemetry export.
 //! - [`tls`]: TLS and mTLS configuration, with certificate reload.
@@ -32,6 +34,7 @@ pub mod demo;
 pub mod health;
 pub mod keys;
 pub mod pb;
+pub mod revocation;
 pub mod runtime;
 pub mod server;
 pub mod service;
