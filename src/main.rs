@@ -10,6 +10,8 @@ use clerk_introspect::app::{App, Deps};
 use clerk_introspect::cli::serve::ServeArgs;
 use clerk_introspect::cli::{Cli, Command};
 use clerk_introspect::config::{self, MetricsListen};
+use clerk_introspect::revocation::Record;
+use clerk_introspect::server::webhook::WebhookListener;
 use clerk_introspect::server::{Reloading, ServeOptions};
 use clerk_introspect::telemetry::otel::{OtelConfig, OtelPipeline};
 use clerk_introspect::telemetry::{self, LogFormat};
@@ -138,6 +140,19 @@ async fn serve_with_telemetry(args: &ServeArgs, meter: Option<opentelemetry::met
     for flag in overriding {
         tracing::info!(flag, "a flag on the command line overrides this setting for every issuer in the config file");
     }
+    // WIRING POINT (revocation): the webhook endpoint hands each event to a
+    // `revocation::Record` (the revocation service: index + store). Until
+    // one is built here, --webhook-listen refuses to start rather than
+    // acknowledge deliveries it cannot record.
+    let record: Option<Arc<dyn Record>> = None;
+    if let Some(addr) = config.webhook.listen
+        && record.is_none()
+    {
+        eprintln!(
+            "clerk-introspect: --webhook-listen {addr}: this build has no revocation store to record webhook events in yet; leave --webhook-listen off"
+        );
+        return ExitCode::from(EX_USAGE);
+    }
     let admin_listener = match config.metrics_listen {
         MetricsListen::Off => None,
         MetricsListen::Addr(addr) => match TcpListener::bind(addr).await {
@@ -147,6 +162,16 @@ async fn serve_with_telemetry(args: &ServeArgs, meter: Option<opentelemetry::met
                 return ExitCode::from(EX_UNAVAILABLE);
             }
         },
+    };
+    let webhook_listener = match (config.webhook.listen, record) {
+        (Some(addr), Some(record)) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(WebhookListener { listener, record }),
+            Err(e) => {
+                eprintln!("clerk-introspect: cannot listen on {addr} (--webhook-listen): {e}");
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        },
+        _ => None,
     };
     let listener = match TcpListener::bind(config.listen).await {
         Ok(l) => l,
@@ -164,7 +189,7 @@ async fn serve_with_telemetry(args: &ServeArgs, meter: Option<opentelemetry::met
     };
     let reload =
         Reloading { loader: loader.file().is_some().then(|| Arc::new(loader)), watch_interval: config.watch_interval };
-    let options = ServeOptions { admin_listener, reload: Some(reload) };
+    let options = ServeOptions { admin_listener, reload: Some(reload), webhook: webhook_listener };
     let shutdown = clerk_introspect::shutdown::signal();
     match clerk_introspect::serve(listener, app, options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,4 +20,5 @@ mod scratch;
 mod support;
 mod telemetry;
 mod tls;
+mod webhook;
 mod wire;
