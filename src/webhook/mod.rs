@@ -7,7 +7,7 @@
 //! and handed to a [`Record`] (the revocation service), keyed by its
 //! `svix-id` so that a retried delivery is applied once.
 //!
-//! The answers are what Svix expects ([`Outcome::status`]): 2xx once the
+//! The answers are what Svix expects ([`Outcome`], [`Answer`]): 2xx once the
 //! event is recorded (or was already, or revokes nothing); 4xx, which Svix
 //! does not retry, for a delivery that is not Clerk's or not an event; 5xx,
 //! which Svix retries with backoff for days, when it could not be
@@ -177,8 +177,14 @@ impl Endpoint {
 
     /// Verifies, reads and records one delivery whose body is `body`.
     pub async fn deliver(&self, headers: &HeaderMap, body: &[u8], record: &dyn Record) -> Answer {
+        // Logged before it is verified: only an id of Svix's alphabet, so a
+        // sender cannot write into the log line.
         let id = headers.get("svix-id").or_else(|| headers.get("webhook-id")).and_then(|v| v.to_str().ok());
-        let id = id.filter(|id| id.len() <= svix::MAX_ID_LEN).unwrap_or("");
+        let id = id
+            .filter(|id| {
+                id.len() <= svix::MAX_ID_LEN && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            })
+            .unwrap_or("");
         let span =
             info_span!("webhook", svix_id = id, event_type = tracing::field::Empty, result = tracing::field::Empty);
         async {
