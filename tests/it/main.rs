@@ -7,6 +7,7 @@ mod commands;
 mod config_file;
 mod connections;
 mod deploy;
+mod docs;
 mod ext_authz;
 mod keys;
 mod lifecycle;
