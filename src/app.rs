@@ -32,6 +32,7 @@ use crate::service::{AuthzService, IntrospectService};
 use crate::telemetry::{Metrics, Telemetry};
 use crate::tls::{TlsError, TlsState};
 use crate::verify::{Trust, TrustedIssuer, Verifier};
+use crate::webhook::Endpoint;
 
 /// What the app depends on besides its configuration (tests inject both).
 #[derive(Clone)]
@@ -86,6 +87,11 @@ pub struct App {
     pub shutdown_grace: Duration,
     /// Spans and metrics of this app (its own Prometheus registry).
     pub telemetry: Telemetry,
+    /// The Clerk webhook endpoint's state (served when `ServeOptions` has
+    /// a webhook listener); its signing secrets follow reloads.
+    pub webhook: Arc<Endpoint>,
+    /// `--webhook-listen` as started (a reload cannot change it).
+    webhook_listen: Option<SocketAddr>,
     /// New issuers' key caches are made with this.
     keys: KeyContext,
     /// Serializes reloads.
@@ -122,6 +128,12 @@ impl App {
         let verifier = Arc::new(Verifier::with_token_cache(trust, deps.clock.clone(), config.token_cache_size));
         metrics.watch_keys(&verifier);
         let readiness = Arc::new(Readiness::new(verifier.clone(), changed));
+        let webhook = Arc::new(Endpoint::new(
+            config.webhook.signing_secrets.clone(),
+            config.webhook.max_body_bytes,
+            deps.clock.clone(),
+            metrics.clone(),
+        ));
         let telemetry = Telemetry::new(metrics);
         Ok(App {
             introspect: IntrospectService::new(verifier.clone()).with_telemetry(telemetry.clone()),
@@ -134,6 +146,8 @@ impl App {
             listen: config.listen,
             shutdown_grace: config.shutdown_grace,
             telemetry,
+            webhook,
+            webhook_listen: config.webhook.listen,
             keys,
             reloading: Arc::new(Mutex::new(())),
         })
@@ -163,6 +177,14 @@ impl App {
         if config.shutdown_grace != self.shutdown_grace {
             summary.needs_restart.push("shutdown_grace");
         }
+        if config.webhook.listen != self.webhook_listen {
+            summary.needs_restart.push("webhook_listen");
+        }
+        if config.webhook.max_body_bytes != self.webhook.max_body_bytes() {
+            summary.needs_restart.push("webhook_max_body_bytes");
+        }
+        self.webhook.set_secrets(config.webhook.signing_secrets.clone());
+        summary.webhook_signing_secrets = self.webhook_listen.map(|_| config.webhook.signing_secrets.len());
 
         let current = self.verifier.trust();
         let mut issuers = Vec::with_capacity(config.issuers.len());
@@ -234,6 +256,9 @@ pub struct ReloadSummary {
     pub tls_files_changed: bool,
     /// Settings that changed but need a restart.
     pub needs_restart: Vec<&'static str>,
+    /// Webhook signing secrets now in use (re-read), when the webhook
+    /// endpoint is served.
+    pub webhook_signing_secrets: Option<usize>,
 }
 
 impl fmt::Display for ReloadSummary {
@@ -249,6 +274,9 @@ impl fmt::Display for ReloadSummary {
         }
         if self.tls_files_changed {
             f.write_str("; new TLS files")?;
+        }
+        if let Some(n) = self.webhook_signing_secrets {
+            write!(f, "; {n} webhook signing secret(s)")?;
         }
         Ok(())
     }

@@ -10,6 +10,8 @@ use clerk_introspect::app::{App, Deps};
 use clerk_introspect::cli::serve::ServeArgs;
 use clerk_introspect::cli::{Cli, Command};
 use clerk_introspect::config::{self, MetricsListen};
+use clerk_introspect::revocation::Record;
+use clerk_introspect::server::webhook::WebhookListener;
 use clerk_introspect::server::{Reloading, ServeOptions};
 use clerk_introspect::telemetry::otel::{OtelConfig, OtelPipeline};
 use clerk_introspect::telemetry::{self, LogFormat};
@@ -118,6 +120,15 @@ async fn serve(args: ServeArgs, log_format: LogFormat, default_level: &str) -> E
     code
 }
 
+/// WIRING POINT (revocation): where the webhook endpoint's events go (the
+/// revocation service: applied on this replica, appended to the store).
+/// Until it exists, `--webhook-listen` refuses to start rather than
+/// acknowledge deliveries it cannot record; with it, this returns
+/// `Some(app.revocation.clone())`.
+fn webhook_record(_app: &App) -> Option<Arc<dyn Record>> {
+    None
+}
+
 async fn serve_with_telemetry(args: &ServeArgs, meter: Option<opentelemetry::metrics::Meter>) -> ExitCode {
     let loader = args.loader();
     let config = match loader.load() {
@@ -148,6 +159,16 @@ async fn serve_with_telemetry(args: &ServeArgs, meter: Option<opentelemetry::met
             }
         },
     };
+    let webhook_listener = match config.webhook.listen {
+        None => None,
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                eprintln!("clerk-introspect: cannot listen on {addr} (--webhook-listen): {e}");
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        },
+    };
     let listener = match TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -162,9 +183,20 @@ async fn serve_with_telemetry(args: &ServeArgs, meter: Option<opentelemetry::met
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
+    let webhook = match (webhook_listener, webhook_record(&app)) {
+        (None, _) => None,
+        (Some(listener), Some(record)) => Some(WebhookListener { listener, record }),
+        (Some(listener), None) => {
+            let addr = listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            eprintln!(
+                "clerk-introspect: --webhook-listen {addr}: this build has no revocation store to record webhook events in yet; leave --webhook-listen off"
+            );
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     let reload =
         Reloading { loader: loader.file().is_some().then(|| Arc::new(loader)), watch_interval: config.watch_interval };
-    let options = ServeOptions { admin_listener, reload: Some(reload) };
+    let options = ServeOptions { admin_listener, reload: Some(reload), webhook };
     let shutdown = clerk_introspect::shutdown::signal();
     match clerk_introspect::serve(listener, app, options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,4 +21,5 @@ mod scratch;
 mod support;
 mod telemetry;
 mod tls;
+mod webhook;
 mod wire;

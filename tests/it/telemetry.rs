@@ -365,7 +365,7 @@ impl Observed {
         let task = tokio::spawn(clerk_introspect::serve(
             listener,
             app.clone(),
-            ServeOptions { admin_listener: Some(metrics_listener), reload: None },
+            ServeOptions { admin_listener: Some(metrics_listener), reload: None, ..ServeOptions::default() },
             stop.clone().cancelled_owned(),
         ));
         let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();

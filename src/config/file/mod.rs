@@ -282,7 +282,8 @@ impl Watched {
 }
 
 impl FileLayers {
-    /// The files the config names (TLS files, key files).
+    /// The files the config names (TLS files, key files, the webhook
+    /// signing secret file).
     fn paths(&self) -> Vec<PathBuf> {
         let server = &self.server;
         let mut out: Vec<PathBuf> = [&server.tls_cert, &server.tls_key, &server.tls_client_ca]
@@ -290,6 +291,7 @@ impl FileLayers {
             .flatten()
             .map(|p| p.value.clone())
             .collect();
+        out.extend(server.webhook_signing_secret_file.iter().map(|p| p.value.clone()));
         for table in &self.issuers {
             let l = &table.layer;
             out.extend([&l.jwks_file, &l.public_key_file].into_iter().flatten().map(|p| p.value.clone()));
