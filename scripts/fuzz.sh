@@ -62,7 +62,9 @@ for t in "${run[@]}"; do
     -max_len="$(max_len "$t")" -detect_leaks=1 -print_final_stats=1 ${FUZZ_EXTRA:-}) >"$log" 2>&1
   rc=$?
   set -e
-  elapsed=$(( $(date +%s) - start ))
+  # The fuzzing time libFuzzer reports (the build before it is not counted).
+  elapsed=$(grep -oE 'Done [0-9]+ runs in [0-9]+ second' "$log" | grep -oE '[0-9]+ second' | grep -oE '[0-9]+' | tail -n 1)
+  elapsed=${elapsed:-$(( $(date +%s) - start ))}
   # libFuzzer's final stats and last status line.
   runs=$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -n 1)
   rate=$(grep -oE 'stat::average_exec_per_sec: *[0-9]+' "$log" | grep -oE '[0-9]+$' | tail -n 1)
@@ -76,7 +78,7 @@ for t in "${run[@]}"; do
     status=1
     result="FAILED (exit $rc): $(grep -m1 -oE 'ERROR: (AddressSanitizer|LeakSanitizer|libFuzzer)[^)]*\)?|panicked at [^ ]+' "$log" || echo 'see log')"
     artifact=$(grep -oE 'Test unit written to [^ ]+' "$log" | tail -n 1 | cut -d' ' -f5 || true)
-    [ -n "$artifact" ] && result="$result; input fuzz/${artifact#./}"
+    [ -n "$artifact" ] && result="$result; input $artifact"
   fi
   printf '%-9s %5ss  runs %s  exec/s %s  cov %s  ft %s  corpus %s  %s  (log %s)\n' \
     "$t" "$elapsed" "${runs:-?}" "${rate:-?}" "${cov:-?}" "${ft:-?}" "${corpus:-?}" "$result" "$log"
