@@ -70,13 +70,19 @@ pub fn read(path: &Path) -> Result<FileLayers, ConfigError> {
     parse(&text, path)
 }
 
-/// Reads a text file of at most `max` bytes.
+/// Reads a text file of at most `max` bytes. The bound holds while
+/// reading, not only from the file's stated size: a device such as
+/// `/dev/zero`, a file in `/proc` (size 0) or a file that grows meanwhile
+/// is refused after `max + 1` bytes.
 pub fn read_text(path: &Path, max: u64) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if meta.len() > max {
+    use std::io::Read as _;
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 > max {
         return Err(format!("{} is larger than {max} bytes", path.display()));
     }
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))
 }
 

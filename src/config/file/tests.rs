@@ -507,3 +507,19 @@ proptest::proptest! {
         }
     }
 }
+
+/// A key or config file that states no size (a device, a file in /proc)
+/// is still read only up to the limit: `jwks_file = "/dev/zero"` was read
+/// until memory ran out, as its size reads 0.
+#[test]
+fn files_are_read_up_to_the_limit_whatever_size_they_state() {
+    let err = read_text(Path::new("/dev/zero"), 1024).unwrap_err();
+    assert!(err.contains("larger than 1024 bytes"), "{err}");
+    let dir = std::env::temp_dir().join(format!("clerk-introspect-read-text-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("exact.txt");
+    std::fs::write(&file, "x".repeat(1024)).unwrap();
+    assert_eq!(read_text(&file, 1024).unwrap().len(), 1024);
+    assert!(read_text(&file, 1023).unwrap_err().contains("larger than 1023 bytes"));
+    std::fs::remove_dir_all(&dir).unwrap();
+}
