@@ -54,6 +54,7 @@ impl IntrospectService {
         IntrospectServer {
             generated: TokenIntrospectionServer::from_arc(service.clone()).max_decoding_message_size(MAX_REQUEST_BYTES),
             service,
+            path: measure::VerifyPath::from_env(),
         }
     }
 
@@ -109,6 +110,7 @@ impl IntrospectService {
 pub struct IntrospectServer {
     service: Arc<IntrospectService>,
     generated: TokenIntrospectionServer<IntrospectService>,
+    path: measure::VerifyPath,
 }
 
 impl IntrospectServer {
@@ -134,7 +136,15 @@ impl tower::Service<http::Request<Body>> for IntrospectServer {
             return tower::Service::call(&mut self.generated, request);
         }
         let service = self.service.clone();
-        Box::pin(async move { Ok(service.serve_verify(request).await) })
+        match self.path {
+            measure::VerifyPath::Unary => Box::pin(async move { Ok(service.serve_verify(request).await) }),
+            measure::VerifyPath::Generated => tower::Service::call(&mut self.generated, request),
+            measure::VerifyPath::Tonic => Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(measure::AnswerCodec)
+                    .apply_max_message_size_config(Some(MAX_REQUEST_BYTES), None);
+                Ok(grpc.unary(measure::VerifyRoute(service), request).await)
+            }),
+        }
     }
 }
 
@@ -165,4 +175,100 @@ impl TokenIntrospection for IntrospectService {
         })
         .await
     }
+}
+
+/// MEASUREMENT ONLY (issue 16; removed once measured): which Verify path
+/// the server takes, from `CLERK_INTROSPECT_MEASURE_VERIFY_PATH`.
+mod measure {
+    use std::sync::Arc;
+
+    use tonic::codec::{BufferSettings, Codec, EncodeBuf, Encoder};
+    use tonic::codegen::BoxFuture;
+    use tonic::{Request, Response, Status};
+
+    use super::IntrospectService;
+    use crate::pb;
+    use crate::service::respond::VerifyAnswer;
+
+    #[derive(Debug, Clone, Copy)]
+    pub enum VerifyPath {
+        /// `unary.rs` (the default).
+        Unary,
+        /// `tonic::server::Grpc::unary` with small buffers, the answer encoded straight from the token.
+        Tonic,
+        /// The generated route (`ProstCodec::default()`, a `VerifyResponse`).
+        Generated,
+    }
+
+    impl VerifyPath {
+        pub fn from_env() -> Self {
+            let path = match std::env::var("CLERK_INTROSPECT_MEASURE_VERIFY_PATH").as_deref() {
+                Ok("tonic") => VerifyPath::Tonic,
+                Ok("generated") => VerifyPath::Generated,
+                _ => VerifyPath::Unary,
+            };
+            eprintln!("measurement: Verify path {path:?}");
+            path
+        }
+    }
+
+    /// Requests up to 2 KiB (a Clerk session token is about 1 KiB) and
+    /// answers (a few hundred bytes) fit without growing.
+    fn request_buffer() -> BufferSettings {
+        BufferSettings::new(2048, 32 * 1024)
+    }
+    fn answer_buffer() -> BufferSettings {
+        BufferSettings::new(512, 32 * 1024)
+    }
+
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct AnswerCodec;
+
+    impl Codec for AnswerCodec {
+        type Encode = VerifyAnswer;
+        type Decode = pb::VerifyRequest;
+        type Encoder = AnswerEncoder;
+        type Decoder = tonic_prost::ProstDecoder<pb::VerifyRequest>;
+
+        fn encoder(&mut self) -> Self::Encoder {
+            AnswerEncoder
+        }
+
+        fn decoder(&mut self) -> Self::Decoder {
+            tonic_prost::ProstDecoder::new(request_buffer())
+        }
+    }
+
+    #[derive(Debug, Clone, Copy, Default)]
+    pub struct AnswerEncoder;
+
+    impl Encoder for AnswerEncoder {
+        type Item = VerifyAnswer;
+        type Error = Status;
+
+        fn encode(&mut self, item: VerifyAnswer, buf: &mut EncodeBuf<'_>) -> Result<(), Status> {
+            item.encode(buf);
+            Ok(())
+        }
+
+        fn buffer_settings(&self) -> BufferSettings {
+            answer_buffer()
+        }
+    }
+
+    pub struct VerifyRoute(pub Arc<IntrospectService>);
+
+    impl tonic::server::UnaryService<pb::VerifyRequest> for VerifyRoute {
+        type Response = VerifyAnswer;
+        type Future = BoxFuture<Response<VerifyAnswer>, Status>;
+
+        fn call(&mut self, request: Request<pb::VerifyRequest>) -> Self::Future {
+            let service = self.0.clone();
+            Box::pin(async move {
+                let (metadata, _, request) = request.into_parts();
+                service.answer_verify(&metadata, &request).await.map(Response::new)
+            })
+        }
+    }
+
 }
