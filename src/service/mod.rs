@@ -5,7 +5,6 @@
 pub mod ext_authz;
 pub mod introspect;
 pub mod respond;
-pub mod unary;
 
 pub use ext_authz::AuthzService;
 pub use introspect::IntrospectService;

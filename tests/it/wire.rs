@@ -1,12 +1,13 @@
-//! Verify's own gRPC framing (`service::unary`) over a raw HTTP/2
-//! connection: what tonic clients never send (split and doubled messages,
-//! compression) gets tonic's statuses.
+//! Verify's gRPC framing (tonic's unary path with `VerifyCodec`) over a raw
+//! HTTP/2 connection: what tonic clients never send (split and doubled
+//! messages, compression) gets tonic's statuses, and a second request
+//! message is refused.
 
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 use clerk_introspect::pb::VerifyRequest;
-use clerk_introspect::service::unary::{MISSING_MESSAGE, MORE_THAN_ONE_MESSAGE};
+use clerk_introspect::service::introspect::MORE_THAN_ONE_MESSAGE;
 use clerk_introspect::test_issuer::{TestIssuer, TestKey};
 use http::HeaderMap;
 use prost::Message as _;
@@ -111,7 +112,7 @@ async fn verify_reads_its_own_frames_and_refuses_what_tonic_refuses() {
         refused(call(server.addr, &[], vec![[request.clone(), request.clone()].concat()]).await),
         ("13".into(), MORE_THAN_ONE_MESSAGE.into())
     );
-    assert_eq!(refused(call(server.addr, &[], vec![]).await), ("13".into(), MISSING_MESSAGE.into()));
+    assert_eq!(refused(call(server.addr, &[], vec![]).await), ("13".into(), "Missing request message.".into()));
     let (code, message) = refused(call(server.addr, &[], vec![framed(1, b"\x0a\x01a")]).await);
     assert_eq!((code.as_str(), message.contains("compressed-flag")), ("13", true), "{message}");
     let gzip = call(server.addr, &[("grpc-encoding", "gzip")], vec![request.clone()]).await;

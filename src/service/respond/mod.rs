@@ -71,7 +71,7 @@ pub fn rejected(rejection: &Rejection) -> pb::VerifyResponse {
 }
 
 /// The `Verify` answer for an outcome (a response, or UNAVAILABLE), for
-/// the Verify route ([`crate::service::unary`]): a valid token is encoded
+/// the Verify route ([`crate::service::introspect::VerifyCodec`]): a valid token is encoded
 /// straight from the token, without a `VerifyResponse`.
 pub fn verify_answer(outcome: Result<Arc<VerifiedToken>, VerifyError>) -> Result<VerifyAnswer, Status> {
     match outcome {

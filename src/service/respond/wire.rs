@@ -13,7 +13,7 @@ use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, k
 use crate::pb;
 use crate::verify::VerifiedToken;
 
-/// The answer of a Verify call, as `service::unary` frames it.
+/// The answer of a Verify call, as `service::introspect::VerifyCodec` encodes it.
 #[derive(Debug)]
 pub enum VerifyAnswer {
     /// Valid: encoded from the token itself ([`encode_valid`]).
