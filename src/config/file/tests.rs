@@ -523,3 +523,17 @@ fn files_are_read_up_to_the_limit_whatever_size_they_state() {
     assert!(read_text(&file, 1023).unwrap_err().contains("larger than 1023 bytes"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Found by the config fuzz target (fuzz/corpus/config/crash-issuer-line-break*):
+/// a TOML escape put a line break into the issuer, and the error quoting it
+/// spanned two lines.
+#[test]
+fn an_error_quoting_a_value_with_a_line_break_is_one_line() {
+    let text = "[[issuers]]\nissuer = \"https://clerk.example.com/#a\\nb\"\n";
+    let file = parse(text, Path::new("/etc/ci/config.toml")).unwrap();
+    let err = validate(&Layer::defaults(), &Layer::default(), Some(&file), &Layer::default()).unwrap_err();
+    let line = err.to_string();
+    assert!(line.starts_with("/etc/ci/config.toml:2: issuers[0].issuer: "), "{line}");
+    assert!(line.contains("#a\\nb has a query or fragment"), "{line}");
+    assert!(!line.chars().any(char::is_control), "{line}");
+}
