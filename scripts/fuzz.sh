@@ -10,12 +10,12 @@
 # AddressSanitizer (cargo fuzz's default) and leak detection are on.
 # Logs: $FUZZ_LOG_DIR (default /tmp/clerk-introspect-fuzz)/<target>.log.
 #
-# Environment: FUZZ_JOBS (libFuzzer -fork workers, default 1), FUZZ_RSS_MB
-# (default 2048), FUZZ_TIMEOUT (seconds one input may take, default 10),
-# FUZZ_EXTRA (more libFuzzer flags).
+# Environment: FUZZ_RSS_MB (default 2048), FUZZ_TIMEOUT (seconds one input
+# may take, default 10), FUZZ_EXTRA (more libFuzzer flags, e.g. -fork=2).
 #
 # After a long run, shrink the corpus before committing it:
-#   cargo +nightly fuzz cmin <target>
+#   cd fuzz && cargo +nightly fuzz cmin <target> corpus/<target> -- -use_counters=0
+#   git checkout -- corpus   # the named seeds cmin dropped
 # Exit status: 0 when every target ran clean, 1 when one crashed, leaked,
 # timed out or ran out of memory.
 set -euo pipefail

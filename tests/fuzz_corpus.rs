@@ -51,7 +51,12 @@ fn every_corpus_input_runs_clean() {
         files.sort();
         assert!(files.len() >= 5, "{target}: only {} corpus inputs", files.len());
         for file in files {
-            let data = std::fs::read(&file).unwrap();
+            let data = match std::fs::read(&file) {
+                Ok(data) => data,
+                // A fuzzer running meanwhile replaces inputs with smaller ones.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => panic!("{}: {e}", file.display()),
+            };
             // A panic names the input: run it alone with `cargo fuzz run <target> <file>`.
             eprintln!("{target}: {}", file.display());
             run(&data);
@@ -140,9 +145,7 @@ fn write_seed_corpus() {
     });
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/fuzz-keys.json");
     std::fs::write(path, serde_json::to_string_pretty(&fixture).unwrap() + "\n").unwrap();
-    for target in ["token", "jwks", "config", "ext_authz", "verify"] {
-        let _ = std::fs::remove_dir_all(corpus_dir(target));
-    }
+    // The named seeds are overwritten; what fuzzing found (hashed names) stays.
 
     let now = fuzzing::now();
     let claims = session_claims(iss, now);
