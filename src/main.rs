@@ -69,6 +69,7 @@ fn main() -> ExitCode {
                     Command::Verify(args) => ExitCode::from(clerk_introspect::cli::verify::run(&args).await),
                     Command::Inspect(args) => ExitCode::from(clerk_introspect::cli::inspect::run(&args)),
                     Command::CheckIssuer(args) => ExitCode::from(clerk_introspect::cli::check_issuer::run(&args).await),
+                    Command::Revoke(args) => ExitCode::from(clerk_introspect::cli::revoke::run(&args).await),
                     Command::Serve(_) => unreachable!("handled above"),
                 }
             }
