@@ -756,5 +756,44 @@ mod tests {
         // The default call timeout outlasts the slowest call that can
         // succeed: one waiting for discovery, then the JWKS.
         assert!(config.connections.call_timeout > 2 * crate::keys::fetch::REQUEST_TIMEOUT);
+        assert_eq!(config.revocation, RevocationConfig::default());
+    }
+
+    #[test]
+    fn revocation_rules_and_messages() {
+        let with = |pairs: &[(Setting, &str)]| {
+            let mut layer = Layer::defaults();
+            for (s, v) in pairs {
+                layer.set_strs(*s, &[(*v).to_owned()], Origin::CommandLine(*s)).unwrap();
+            }
+            revocation(&layer).map_err(|e| e.to_string())
+        };
+        use Setting::*;
+        let r = with(&[(RevocationStore, "redis://:hunter2@redis.example:6380")]).unwrap();
+        assert_eq!(r.store.as_ref().unwrap().address, "redis.example:6380");
+        assert!(!format!("{r:?}").contains("hunter2"), "the Debug of the config hides the password");
+        let e = with(&[(RevocationStore, "http://:hunter2@redis.example")]).unwrap_err();
+        assert!(
+            e.contains("--revocation-store") && e.contains("redis:// or rediss://") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let e = with(&[(RevocationStoreRequired, "true")]).unwrap_err();
+        assert!(e.contains("--revocation-store-required") && e.contains("requires a shared store"), "{e}");
+        let e = with(&[(RevocationStorePassword, "p")]).unwrap_err();
+        assert!(e.contains("without --revocation-store") && !e.contains(": p"), "{e}");
+        let e = with(&[(RevocationRetention, "30s")]).unwrap_err();
+        assert!(e.contains("--revocation-retention"), "{e}");
+        let e = with(&[(RevocationMaxEntries, "0")]).unwrap_err();
+        assert!(e.contains("--revocation-max-entries"), "{e}");
+        let e = with(&[(RevocationStore, "redis://r"), (RevocationStoreOutageLimit, "500ms")]).unwrap_err();
+        assert!(e.contains("at least 1s"), "{e}");
+        let r = with(&[
+            (RevocationStore, "rediss://r"),
+            (RevocationStoreRequired, "true"),
+            (RevocationStorePassword, " s3 "),
+        ])
+        .unwrap();
+        assert!(r.settings.store_required && r.password == Some(Secret("s3".into())));
+        assert_eq!(format!("{:?}", r.password), "Some(Secret(..))");
     }
 }

@@ -624,3 +624,75 @@ async fn serve_says_revocations_reach_this_replica_only_without_a_store() {
     let _ = process.child.kill();
     let _ = process.child.wait();
 }
+
+/// What a 60 s Redis outage does to answers and readiness, measured: two
+/// replicas (A default, S with --revocation-store-required and the default
+/// 30 s outage limit), a token revoked before the outage, one revoked on A
+/// during it (A answers 5xx to the webhook: Svix retries), a valid token.
+/// Polls every 100 ms and prints what changed, when. Run with
+/// `cargo test --test it revocation::redis_outage -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: takes 70 s and prints a timeline"]
+async fn redis_outage_of_60_seconds() {
+    const OUTAGE: Duration = Duration::from_secs(60);
+    let key = TestKey::es256("ins_outage");
+    let issuer = TestIssuer::start(vec![key.clone()]).await.unwrap();
+    let mut redis = Redis::start();
+    let a = replica(&issuer, Some(&redis)).await;
+    let mut strict = config(&issuer, Some(&redis));
+    strict.revocation.settings.store_required = true;
+    let s = Server::start_with(strict).await;
+    s.wait_for(ServingStatus::Serving).await;
+    // Minted at each poll at the replica's (manual) clock.
+    let tok_on = |server: &Server, sid: &str| {
+        let iat = server.now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        token(&key, &issuer, sid, "user_out", iat, None)
+    };
+    let tok = |sid: &str| tok_on(&a, sid);
+    record(&a, event("msg_before", session("sess_before"), Cause::SessionRevoked, now_ms())).await.unwrap();
+    until_revoked(&s, &tok("sess_before")).await;
+
+    let start = Instant::now();
+    redis.kill();
+    let during = event("msg_during", session("sess_during"), Cause::SessionRevoked, now_ms());
+    let first = record(&a, during.clone()).await;
+    println!(
+        "t={:>5.1}s  Redis killed; record on A -> {:?}",
+        start.elapsed().as_secs_f64(),
+        first.map_err(|e| e.to_string())
+    );
+    let mut last = String::new();
+    let mut restarted = false;
+    let mut retried = false;
+    while start.elapsed() < OUTAGE + Duration::from_secs(10) {
+        if !restarted && start.elapsed() >= OUTAGE {
+            redis.restart();
+            restarted = true;
+            println!("t={:>5.1}s  Redis restarted", start.elapsed().as_secs_f64());
+        }
+        if restarted && !retried {
+            // Svix's retry of the webhook that got 5xx.
+            if let Ok(r) = record(&a, during.clone()).await {
+                retried = true;
+                println!("t={:>5.1}s  retry on A -> {r:?}", start.elapsed().as_secs_f64());
+            }
+        }
+        let mut state = Vec::new();
+        for (name, server) in [("A", &a), ("S", &s)] {
+            let r = |t: String| async move { format!("{:?}", server.reason(&t).await) };
+            state.push(format!(
+                "{name}: health {:?}, revoked-before {}, revoked-during {}, valid {}",
+                server.health("").await.ok(),
+                r(tok_on(server, "sess_before")).await,
+                r(tok_on(server, "sess_during")).await,
+                r(tok_on(server, "sess_fine")).await
+            ));
+        }
+        let line = state.join(" | ");
+        if line != last {
+            println!("t={:>5.1}s  {line}", start.elapsed().as_secs_f64());
+            last = line;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
