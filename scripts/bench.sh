@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Builds the release binary and the load generator (benches/loadgen.rs), then
-# runs the real server against a loopback test issuer and prints the report
-# (Markdown) on stdout; a copy goes to target/bench-report.md.
+# Builds the release binary and the load generator (tools/loadgen, a member of
+# this workspace), then runs the real server against a loopback test issuer and
+# prints the report (Markdown) on stdout; a copy goes to target/bench-report.md.
 #
 #   scripts/bench.sh                 # the full run (about 12 minutes)
 #   scripts/bench.sh --quick         # a short smoke run
@@ -17,6 +17,7 @@ if [[ "${1:-}" == "--criterion" ]]; then
   shift
   cargo bench --locked --bench verify
 fi
-# `cargo bench` builds the server binary with the release settings too.
-cargo bench --locked --bench loadgen --no-run
-cargo bench --locked --bench loadgen -- "$@" | tee target/bench-report.md
+# Both binaries, release settings, one target directory: the load generator
+# starts target/release/clerk-introspect (its default --server-bin).
+cargo build --release --locked --bin clerk-introspect --bin loadgen
+target/release/loadgen "$@" | tee target/bench-report.md

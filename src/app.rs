@@ -36,6 +36,7 @@ use crate::service::{AuthzService, IntrospectService};
 use crate::telemetry::{Metrics, Telemetry};
 use crate::tls::{TlsError, TlsState};
 use crate::verify::{Trust, TrustedIssuer, Verifier};
+use crate::webhook::Endpoint;
 
 /// What the app depends on besides its configuration (tests inject both).
 #[derive(Clone)]
@@ -96,6 +97,11 @@ pub struct App {
     /// Revocations: the index the verifier asks, the store, and the
     /// [`crate::revocation::Record`] the webhook endpoint calls.
     pub revocation: Arc<RevocationService>,
+    /// The Clerk webhook endpoint's state (served when `ServeOptions` has
+    /// a webhook listener); its signing secrets follow reloads.
+    pub webhook: Arc<Endpoint>,
+    /// `--webhook-listen` as started (a reload cannot change it).
+    webhook_listen: Option<SocketAddr>,
     /// New issuers' key caches are made with this.
     keys: KeyContext,
     /// Serializes reloads.
@@ -143,6 +149,12 @@ impl App {
         metrics.watch_keys(&verifier);
         let readiness = Arc::new(Readiness::new(verifier.clone(), changed).with_gate(revocation.clone()));
         revocation.spawn();
+        let webhook = Arc::new(Endpoint::new(
+            config.webhook.signing_secrets.clone(),
+            config.webhook.max_body_bytes,
+            deps.clock.clone(),
+            metrics.clone(),
+        ));
         let telemetry = Telemetry::new(metrics);
         Ok(App {
             introspect: IntrospectService::new(verifier.clone()).with_telemetry(telemetry.clone()),
@@ -156,6 +168,8 @@ impl App {
             shutdown_grace: config.shutdown_grace,
             telemetry,
             revocation,
+            webhook,
+            webhook_listen: config.webhook.listen,
             keys,
             reloading: Arc::new(Mutex::new(())),
         })
@@ -185,6 +199,14 @@ impl App {
         if config.shutdown_grace != self.shutdown_grace {
             summary.needs_restart.push("shutdown_grace");
         }
+        if config.webhook.listen != self.webhook_listen {
+            summary.needs_restart.push("webhook_listen");
+        }
+        if config.webhook.max_body_bytes != self.webhook.max_body_bytes() {
+            summary.needs_restart.push("webhook_max_body_bytes");
+        }
+        self.webhook.set_secrets(config.webhook.signing_secrets.clone());
+        summary.webhook_signing_secrets = self.webhook_listen.map(|_| config.webhook.signing_secrets.len());
 
         let current = self.verifier.trust();
         let mut issuers = Vec::with_capacity(config.issuers.len());
@@ -256,6 +278,9 @@ pub struct ReloadSummary {
     pub tls_files_changed: bool,
     /// Settings that changed but need a restart.
     pub needs_restart: Vec<&'static str>,
+    /// Webhook signing secrets now in use (re-read), when the webhook
+    /// endpoint is served.
+    pub webhook_signing_secrets: Option<usize>,
 }
 
 impl fmt::Display for ReloadSummary {
@@ -271,6 +296,9 @@ impl fmt::Display for ReloadSummary {
         }
         if self.tls_files_changed {
             f.write_str("; new TLS files")?;
+        }
+        if let Some(n) = self.webhook_signing_secrets {
+            write!(f, "; {n} webhook signing secret(s)")?;
         }
         Ok(())
     }

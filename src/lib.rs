@@ -17,6 +17,8 @@
 //! - [`keys`]: OIDC discovery, JWKS fetch, parsed keys, refresh and refetch.
 //! - [`revocation`]: sessions, users and memberships Clerk ended, refused
 //!   before their tokens expire.
+//! - [`webhook`]: Clerk's webhooks (Svix-signed) in, read into
+//!   revocation events.
 //! - [`health`]: readiness, published through `grpc.health.v1` and `/readyz`.
 //! - [`telemetry`]: logs, spans, metrics, OpenTelemetry export.
 //! - [`tls`]: TLS and mTLS configuration, with certificate reload.
@@ -31,6 +33,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod health;
 pub mod keys;
 pub mod pb;
@@ -43,6 +47,7 @@ pub mod telemetry;
 pub mod test_issuer;
 pub mod tls;
 pub mod verify;
+pub mod webhook;
 
 pub use app::App;
 pub use config::Config;

@@ -10,6 +10,8 @@ use clerk_introspect::app::{App, Deps};
 use clerk_introspect::cli::serve::ServeArgs;
 use clerk_introspect::cli::{Cli, Command};
 use clerk_introspect::config::{self, MetricsListen};
+use clerk_introspect::revocation::Record;
+use clerk_introspect::server::webhook::WebhookListener;
 use clerk_introspect::server::{Reloading, ServeOptions};
 use clerk_introspect::telemetry::otel::{OtelConfig, OtelPipeline};
 use clerk_introspect::telemetry::{self, LogFormat};
@@ -119,6 +121,12 @@ async fn serve(args: ServeArgs, log_format: LogFormat, default_level: &str) -> E
     code
 }
 
+/// Where the webhook endpoint's events go: the revocation service (applied
+/// on this replica at once, appended to the store for the others).
+fn webhook_record(app: &App) -> Option<Arc<dyn Record>> {
+    Some(app.revocation.clone())
+}
+
 async fn serve_with_telemetry(args: &ServeArgs, meter: Option<opentelemetry::metrics::Meter>) -> ExitCode {
     let loader = args.loader();
     let config = match loader.load() {
@@ -149,6 +157,16 @@ async fn serve_with_telemetry(args: &ServeArgs, meter: Option<opentelemetry::met
             }
         },
     };
+    let webhook_listener = match config.webhook.listen {
+        None => None,
+        Some(addr) => match TcpListener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                eprintln!("clerk-introspect: cannot listen on {addr} (--webhook-listen): {e}");
+                return ExitCode::from(EX_UNAVAILABLE);
+            }
+        },
+    };
     let listener = match TcpListener::bind(config.listen).await {
         Ok(l) => l,
         Err(e) => {
@@ -163,9 +181,20 @@ async fn serve_with_telemetry(args: &ServeArgs, meter: Option<opentelemetry::met
             return ExitCode::from(EX_UNAVAILABLE);
         }
     };
+    let webhook = match (webhook_listener, webhook_record(&app)) {
+        (None, _) => None,
+        (Some(listener), Some(record)) => Some(WebhookListener { listener, record }),
+        (Some(listener), None) => {
+            let addr = listener.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            eprintln!(
+                "clerk-introspect: --webhook-listen {addr}: this build has no revocation store to record webhook events in yet; leave --webhook-listen off"
+            );
+            return ExitCode::from(EX_USAGE);
+        }
+    };
     let reload =
         Reloading { loader: loader.file().is_some().then(|| Arc::new(loader)), watch_interval: config.watch_interval };
-    let options = ServeOptions { admin_listener, reload: Some(reload) };
+    let options = ServeOptions { admin_listener, reload: Some(reload), webhook };
     let shutdown = clerk_introspect::shutdown::signal();
     match clerk_introspect::serve(listener, app, options, shutdown).await {
         Ok(()) => ExitCode::SUCCESS,

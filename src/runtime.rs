@@ -2,10 +2,10 @@
 //! CPU to run on, multi-threaded (one worker per CPU) otherwise.
 //!
 //! A multi-threaded runtime with a single worker buys no parallelism and
-//! costs a lot per call: measured with `benches/loadgen.rs`, the server
+//! costs a lot per call: measured with `tools/loadgen`, the server
 //! pinned to one CPU answered `Health/Check` at about 2× and a cached
 //! `Verify` at about 1.9× the rate on the current-thread runtime, at half
-//! the CPU time per call (README, Performance). With one CPU (a container
+//! the CPU time per call (docs/performance.md). With one CPU (a container
 //! limited to one core, `taskset`, or `TOKIO_WORKER_THREADS=1`) the
 //! current-thread runtime is therefore used.
 

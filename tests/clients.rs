@@ -1,7 +1,8 @@
-//! The ways the README tells people to call the service, run for real: grpcurl
+//! The ways the docs tell people to call the service, run for real: grpcurl
 //! through server reflection and the example Python and Node clients, against
 //! the `clerk-introspect serve` binary and a loopback test issuer, with the
-//! exact command lines that the README (and the examples' READMEs) show.
+//! exact command lines that `docs/clients.md` (and the README, and the
+//! examples' READMEs) show.
 //!
 //! Their tools (a Python venv with grpcio and grpcurl, the Node client's
 //! `node_modules`, the generated Python stubs) are provisioned by
@@ -26,7 +27,8 @@ use external::{Served, repo, tools};
 use serde_json::Value;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-/// The commands as the README shows them (checked to be there, verbatim).
+/// The commands as `docs/clients.md` shows them (checked to be there,
+/// verbatim; the README shows [`GRPCURL_VERIFY`] and [`PYTHON_CLIENT`]).
 const GRPCURL_LIST: &str = "grpcurl -plaintext localhost:50051 list";
 const GRPCURL_DESCRIBE: &str = "grpcurl -plaintext localhost:50051 describe introspect.v1.TokenIntrospection";
 const GRPCURL_VERIFY: &str = r#"printf '{"token": "%s"}' "$TOKEN" | grpcurl -plaintext -d @ localhost:50051 introspect.v1.TokenIntrospection/Verify"#;
@@ -42,6 +44,11 @@ const SESSION: &str = "sess_2pDemoSession0000000000000";
 
 /// Longest a client command may run before it is killed (a hang, not a timing).
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The page that shows every command.
+const CLIENTS_DOC: &str = "docs/clients.md";
+/// The commands the README shows too (one call from grpcurl and Python).
+const IN_README: &[&str] = &[GRPCURL_VERIFY, PYTHON_CLIENT];
 
 /// Asserts that `file` (relative to the repository) shows `command` verbatim
 /// on a line of its own.
@@ -126,6 +133,9 @@ fn json(ran: &Ran) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcurl_lists_describes_and_verifies_through_reflection() {
     for command in [GRPCURL_LIST, GRPCURL_DESCRIBE, GRPCURL_VERIFY, GRPCURL_READY, GRPCURL_LIVE] {
+        shown_in(CLIENTS_DOC, command);
+    }
+    for command in IN_README {
         shown_in("README.md", command);
     }
     tools();
@@ -178,7 +188,7 @@ async fn grpcurl_lists_describes_and_verifies_through_reflection() {
 /// Runs an example client for a good and an expired token and checks what it
 /// prints: the identity and claims, then the reason from both RPCs.
 async fn client_reports_identity_and_reasons(command: &str, dir: &str) {
-    shown_in("README.md", command);
+    shown_in(CLIENTS_DOC, command);
     shown_in(&format!("{dir}/README.md"), command);
     tools();
     let (issuer, good, expired, claims) = issuer_and_tokens().await;

@@ -33,6 +33,7 @@ pub use validate::{check_origins, validate, validate_issuer};
 use crate::keys::{KeySource, RefreshSettings};
 use crate::tls::TlsFiles;
 use crate::verify::Policy;
+use crate::webhook::svix::SigningSecret;
 use authz::AuthzConfig;
 
 /// Largest accepted clock skew.
@@ -53,6 +54,13 @@ pub const MIN_MAX_REQUEST_BYTES: usize = 64 * 1024 + 5;
 /// Largest `--max-request-bytes`.
 pub const MAX_MAX_REQUEST_BYTES: usize = 1 << 30;
 pub use crate::verify::cache::MAX_TOKEN_CACHE_SIZE;
+/// Smallest `--webhook-max-body-bytes` (Clerk's smallest events are a few
+/// hundred bytes).
+pub const MIN_WEBHOOK_BODY_BYTES: usize = 1024;
+/// Largest `--webhook-max-body-bytes`.
+pub const MAX_WEBHOOK_BODY_BYTES: usize = 16 << 20;
+/// Largest `--webhook-signing-secret-file` read.
+pub const MAX_WEBHOOK_SECRET_FILE_BYTES: u64 = 64 * 1024;
 
 /// One trusted issuer: where its keys come from, its policy, its timing.
 #[derive(Clone, Debug)]
@@ -112,6 +120,18 @@ impl Default for ConnectionSettings {
     }
 }
 
+/// The Clerk webhook endpoint's settings.
+#[derive(Clone, Debug)]
+pub struct WebhookConfig {
+    /// Where `POST /webhooks/clerk` is served; `None`: not served.
+    pub listen: Option<SocketAddr>,
+    /// The signing secrets (any one matching passes); their `Debug` shows
+    /// nothing of them.
+    pub signing_secrets: Vec<SigningSecret>,
+    /// Largest body read.
+    pub max_body_bytes: usize,
+}
+
 /// Everything `serve` needs, validated: plain data (the runtime parts, a
 /// clock or an OpenTelemetry meter, are given to `App::start` beside it).
 #[derive(Clone, Debug)]
@@ -135,6 +155,8 @@ pub struct Config {
     pub authz: AuthzConfig,
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
     pub metrics_listen: MetricsListen,
+    /// The Clerk webhook endpoint.
+    pub webhook: WebhookConfig,
     /// Revocation: the store, retention, bound and readiness policy.
     pub revocation: RevocationConfig,
 }
@@ -295,6 +317,14 @@ pub fn summary(config: &Config) -> String {
             String::new()
         },
     ));
+    if let Some(addr) = config.webhook.listen {
+        out.push_str(&format!(
+            "  webhooks: POST {} on {addr}, {} signing secret(s), bodies of at most {} bytes\n",
+            crate::webhook::PATH,
+            config.webhook.signing_secrets.len(),
+            config.webhook.max_body_bytes,
+        ));
+    }
     for i in &config.issuers {
         let source = match &i.source {
             KeySource::Discovery => "keys by discovery".to_owned(),

@@ -72,6 +72,9 @@ pub struct Meta {
     pub scope: Scope,
     /// The help text of the flag (one paragraph).
     pub help: &'static str,
+    /// Whether its values are secrets: `--help` never shows the value of
+    /// its environment variable, and [`Secrets`] keeps them out of `Debug`.
+    pub secret: bool,
 }
 
 /// Where a value came from, to name it in an error.
@@ -363,6 +366,34 @@ impl Value for TokenKinds {
     }
 }
 
+/// Secret strings (webhook signing secrets): a list whose `Debug` shows
+/// only how many there are. On the command line and in the environment,
+/// items are separated by commas or white space.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secrets(pub Vec<String>);
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secrets({} redacted)", self.0.len())
+    }
+}
+
+impl Value for Secrets {
+    fn from_strs(values: &[String]) -> Result<Self, String> {
+        Ok(Secrets(values.iter().flat_map(|v| v.split([',', ' ', '\t', '\n'])).map(str::to_owned).collect()))
+    }
+
+    fn from_toml(v: &DeValue<'_>, base: &Path) -> Result<Self, String> {
+        // Never echo the value: describe() would quote a string.
+        match v {
+            DeValue::Array(_) => Vec::<String>::from_toml(v, base)
+                .map(Secrets)
+                .map_err(|_| "invalid type: expected an array of strings".to_owned()),
+            _ => Err("invalid type: expected an array of strings such as [\"whsec_…\"]".to_owned()),
+        }
+    }
+}
+
 /// Where the HTTP metrics and probe endpoint listens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetricsListen {
@@ -484,7 +515,12 @@ const fn meta(
     scope: Scope,
     help: &'static str,
 ) -> Meta {
-    Meta { key, flag, env, value_name, default, kind, scope, help }
+    Meta { key, flag, env, value_name, default, kind, scope, help, secret: false }
+}
+
+/// A table entry whose values are secrets (see [`Meta::secret`]).
+const fn secret(meta: Meta) -> Meta {
+    Meta { secret: true, ..meta }
 }
 
 use Kind::{List, One, Switch};
@@ -626,6 +662,18 @@ settings! {
     /// `--revocation-store-outage-limit`.
     RevocationStoreOutageLimit, revocation_store_outage_limit: Duration = meta("revocation_store_outage_limit", "revocation-store-outage-limit", "INTROSPECT_REVOCATION_STORE_OUTAGE_LIMIT", "DURATION", Some("30s"), One, Process,
         "With --revocation-store-required: how long the store may be unreachable before the replica reports NOT_SERVING. Without it: how long a starting replica waits for the replay before it serves anyway (and replays as soon as the store answers). At least 1s.");
+    /// `--webhook-listen`.
+    WebhookListenAddr, webhook_listen: MetricsListen = meta("webhook_listen", "webhook-listen", "INTROSPECT_WEBHOOK_LISTEN", "ADDR|off", Some("off"), One, Server,
+        "HTTP address for Clerk's webhooks (POST /webhooks/clerk, signed by Svix), or off. Expose it to the internet through an Ingress for that path only, never the metrics port. Needs a signing secret (--webhook-signing-secret or --webhook-signing-secret-file). A reload cannot change it.");
+    /// `--webhook-signing-secret`.
+    WebhookSigningSecrets, webhook_signing_secrets: Secrets = secret(meta("webhook_signing_secrets", "webhook-signing-secret", "CLERK_WEBHOOK_SIGNING_SECRET", "whsec_...", None, List, Server,
+        "The webhook endpoint's Signing Secret from the Clerk dashboard, whsec_ then base64 (repeatable; comma- or space-separated in the environment). A delivery signed with any configured secret passes: give the old and the new one while rotating. Prefer --webhook-signing-secret-file, which keeps it out of the process's environment and arguments."));
+    /// `--webhook-signing-secret-file`.
+    WebhookSigningSecretFile, webhook_signing_secret_file: PathBuf = meta("webhook_signing_secret_file", "webhook-signing-secret-file", "INTROSPECT_WEBHOOK_SIGNING_SECRET_FILE", "FILE", None, One, Server,
+        "A file of webhook signing secrets, one per line (blank lines and # comments skipped), such as a mounted Kubernetes Secret; used together with --webhook-signing-secret. Re-read on SIGHUP, and when it changes if the config file names it.");
+    /// `--webhook-max-body-bytes`.
+    WebhookMaxBodyBytes, webhook_max_body_bytes: Size = meta("webhook_max_body_bytes", "webhook-max-body-bytes", "INTROSPECT_WEBHOOK_MAX_BODY_BYTES", "BYTES", Some("256KiB"), One, Server,
+        "Largest webhook body read; a larger one is answered 413. Clerk's largest events (user.updated with metadata) are a few KiB. Bytes, or with a KiB or MiB suffix; 1KiB to 16MiB.");
     /// An issuer of the config file.
     Issuer, issuer: String = meta("issuer", "", "", "", None, One, FileIssuer,
         "The issuer identifier, compared exactly with iss.");

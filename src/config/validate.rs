@@ -8,17 +8,19 @@ use std::time::Duration;
 use super::authz::{AuthzConfig, AuthzSettings, IdentityField, MAX_CLAIM_HEADERS, MAX_NAME};
 use super::error::ConfigError;
 use super::file::{FileLayers, IssuerTable, read_text};
-use super::settings::{Layer, Origin, Setting, Sourced};
+use super::settings::{Layer, MetricsListen, Origin, Setting, Sourced};
 use super::{
     Config, ConnectionSettings, IssuerConfig, MAX_CLOCK_SKEW_SECS, MAX_MAX_CALLS, MAX_MAX_CONNECTIONS,
-    MAX_MAX_REQUEST_BYTES, MAX_TOKEN_CACHE_SIZE, MIN_MAX_REQUEST_BYTES, MIN_REFRESH_INTERVAL, MIN_UNKNOWN_KID_COOLDOWN,
-    MIN_WATCH_INTERVAL, RevocationConfig, Secret, StoreUrl,
+    MAX_MAX_REQUEST_BYTES, MAX_TOKEN_CACHE_SIZE, MAX_WEBHOOK_BODY_BYTES, MAX_WEBHOOK_SECRET_FILE_BYTES,
+    MIN_MAX_REQUEST_BYTES, MIN_REFRESH_INTERVAL, MIN_UNKNOWN_KID_COOLDOWN, MIN_WATCH_INTERVAL, MIN_WEBHOOK_BODY_BYTES,
+    RevocationConfig, Secret, StoreUrl, WebhookConfig,
 };
 use crate::keys::fetch::{MAX_BODY_BYTES, check_key_url, is_loopback_host};
 use crate::keys::jwk::{self, AlgorithmSet, VerificationKey};
 use crate::keys::{KeySource, RefreshSettings};
 use crate::tls::{self, TlsFiles};
 use crate::verify::{Policy, TokenKinds};
+use crate::webhook::svix::{MAX_SECRETS, SigningSecret};
 
 /// Largest `public_key_file` read (a PEM public key is 0.5 to 1.5 KiB).
 pub const MAX_PUBLIC_KEY_FILE_BYTES: u64 = 64 * 1024;
@@ -88,6 +90,7 @@ fn server_config(server: &Layer, issuers: Vec<IssuerConfig>) -> Result<Config, C
         token_cache_size: token_cache_size(server)?,
         authz: authz(server)?,
         metrics_listen: value(&server.metrics_listen, Setting::MetricsListenAddr)?,
+        webhook: webhook(server)?,
         revocation: revocation(server)?,
     })
 }
@@ -177,6 +180,86 @@ fn revocation(server: &Layer) -> Result<RevocationConfig, ConfigError> {
             outage_limit: limit.value,
         },
     })
+}
+
+/// The webhook endpoint: where it listens (not where gRPC or metrics do),
+/// its signing secrets (at least one when it listens; each `whsec_` and
+/// base64; errors never quote a secret), its body cap.
+fn webhook(server: &Layer) -> Result<WebhookConfig, ConfigError> {
+    let listen_given = sourced(&server.webhook_listen, Setting::WebhookListenAddr)?;
+    let listen = match listen_given.value {
+        MetricsListen::Off => None,
+        MetricsListen::Addr(addr) => Some(addr),
+    };
+    if let Some(addr) = listen {
+        let listen_grpc = value(&server.listen, Setting::Listen)?;
+        let metrics = value(&server.metrics_listen, Setting::MetricsListenAddr)?;
+        let clash = |other: std::net::SocketAddr| {
+            other.port() == addr.port()
+                && other.port() != 0
+                && (other.ip() == addr.ip() || other.ip().is_unspecified() || addr.ip().is_unspecified())
+        };
+        if clash(listen_grpc) {
+            return Err(listen_given.error(format!(
+                "{addr} is the gRPC listener's address (--listen); give the webhook endpoint its own port"
+            )));
+        }
+        if let MetricsListen::Addr(m) = metrics
+            && clash(m)
+        {
+            return Err(listen_given.error(format!(
+                "{addr} is the metrics port's address (--metrics-listen); the webhook endpoint faces the internet and needs its own port"
+            )));
+        }
+    }
+
+    let mut signing_secrets = Vec::new();
+    if let Some(given) = &server.webhook_signing_secrets {
+        let items: Vec<&str> = given.value.0.iter().map(|s| s.trim()).filter(|s| !s.is_empty()).collect();
+        for (i, item) in items.iter().enumerate() {
+            let secret = SigningSecret::parse(item)
+                .map_err(|e| given.error(format!("signing secret {} of {}: {e}", i + 1, items.len())))?;
+            signing_secrets.push(secret);
+        }
+    }
+    if let Some(file) = &server.webhook_signing_secret_file {
+        let path = &file.value;
+        let text = read_text(path, MAX_WEBHOOK_SECRET_FILE_BYTES).map_err(|p| file.error(p))?;
+        let before = signing_secrets.len();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let secret = SigningSecret::parse(line)
+                .map_err(|e| file.error(format!("{} line {}: {e}", path.display(), n + 1)))?;
+            signing_secrets.push(secret);
+        }
+        if signing_secrets.len() == before {
+            return Err(file.error(format!("{} holds no signing secret (one whsec_… per line)", path.display())));
+        }
+    }
+    if signing_secrets.len() > MAX_SECRETS {
+        return Err(ConfigError::new(
+            Setting::WebhookSigningSecrets.flag_name(),
+            format!("{} signing secrets; at most {MAX_SECRETS} (two are enough to rotate)", signing_secrets.len()),
+        ));
+    }
+    if listen.is_some() && signing_secrets.is_empty() {
+        return Err(listen_given.error(
+            "the webhook endpoint needs its signing secret: pass --webhook-signing-secret-file FILE or --webhook-signing-secret (or set CLERK_WEBHOOK_SIGNING_SECRET), the endpoint's Signing Secret from the Clerk dashboard",
+        ));
+    }
+
+    let cap = sourced(&server.webhook_max_body_bytes, Setting::WebhookMaxBodyBytes)?;
+    if !(MIN_WEBHOOK_BODY_BYTES..=MAX_WEBHOOK_BODY_BYTES).contains(&cap.value.0) {
+        return Err(cap.error(format!(
+            "{} bytes is outside 1KiB..16MiB; the default is {}",
+            cap.value.0,
+            default_of(Setting::WebhookMaxBodyBytes)
+        )));
+    }
+    Ok(WebhookConfig { listen, signing_secrets, max_body_bytes: cap.value.0 })
 }
 
 /// A setting that has a default, so is always set once the defaults are in.

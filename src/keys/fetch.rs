@@ -124,16 +124,7 @@ impl Fetcher {
     pub async fn discover(&self, issuer: &str) -> Result<String, FetchError> {
         let url = discovery_url(issuer);
         let (body, _) = self.get(&url).await?;
-        let doc: DiscoveryDoc = serde_json::from_slice(&body)
-            .map_err(|e| FetchError::BadDiscovery { url: url.clone(), detail: e.to_string() })?;
-        if doc.issuer != issuer {
-            return Err(FetchError::IssuerMismatch { expected: issuer.to_owned(), found: doc.issuer });
-        }
-        let uri = doc
-            .jwks_uri
-            .ok_or(FetchError::BadJwksUri { uri: String::new(), why: "the discovery document has no jwks_uri" })?;
-        check_key_url(&uri).map_err(|why| FetchError::BadJwksUri { uri: uri.clone(), why })?;
-        Ok(uri)
+        parse_discovery(&url, issuer, &body)
     }
 
     /// Fetches a JWKS document.
@@ -172,6 +163,22 @@ impl Fetcher {
         }
         Ok((body, cache_control))
     }
+}
+
+/// Reads a discovery document fetched from `url` for `issuer`: its
+/// `issuer` must equal `issuer` exactly, and its `jwks_uri` must pass
+/// [`check_key_url`]. Returns the `jwks_uri`.
+pub fn parse_discovery(url: &str, issuer: &str, body: &[u8]) -> Result<String, FetchError> {
+    let doc: DiscoveryDoc = serde_json::from_slice(body)
+        .map_err(|e| FetchError::BadDiscovery { url: url.to_owned(), detail: e.to_string() })?;
+    if doc.issuer != issuer {
+        return Err(FetchError::IssuerMismatch { expected: issuer.to_owned(), found: doc.issuer });
+    }
+    let uri = doc
+        .jwks_uri
+        .ok_or(FetchError::BadJwksUri { uri: String::new(), why: "the discovery document has no jwks_uri" })?;
+    check_key_url(&uri).map_err(|why| FetchError::BadJwksUri { uri: uri.clone(), why })?;
+    Ok(uri)
 }
 
 /// `<issuer>/.well-known/openid-configuration` (a trailing slash on the

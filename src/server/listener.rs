@@ -447,7 +447,7 @@ pub struct AcceptErrors {
 }
 
 impl AcceptErrors {
-    /// For the listener named `listener` in the log (`grpc`, `metrics`).
+    /// For the listener named `listener` in the log (`grpc`, `metrics`, `webhook`).
     pub fn new(listener: &'static str) -> Self {
         Self { listener, log: LogThrottle::new(ACCEPT_ERROR_LOG_INTERVAL) }
     }

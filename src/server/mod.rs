@@ -10,6 +10,7 @@
 //!   server closes one;
 //! - [`limits`]: what calls can make the server hold;
 //! - [`admin`]: `/metrics`, `/healthz`, `/readyz`;
+//! - [`webhook`]: `POST /webhooks/clerk` on `--webhook-listen`;
 //! - [`reload`]: SIGHUP and file changes, applied by [`App::reload`].
 
 pub mod admin;
@@ -17,6 +18,7 @@ pub mod connection;
 pub mod limits;
 pub mod listener;
 pub mod reload;
+pub mod webhook;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,6 +38,7 @@ use crate::service::{AuthzService, IntrospectService};
 use admin::AdminServer;
 use limits::CallLimits;
 use listener::ConnectionTable;
+use webhook::{WebhookListener, WebhookServer};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,10 @@ pub struct ServeOptions {
     pub admin_listener: Option<TcpListener>,
     /// Reload while serving (SIGHUP, file changes); `None`: no reloads.
     pub reload: Option<Reloading>,
+    /// Listener (already bound to `--webhook-listen`) for Clerk's webhooks,
+    /// and the [`crate::revocation::Record`] their events go to; `None`:
+    /// not served.
+    pub webhook: Option<WebhookListener>,
 }
 
 /// How the server reloads while serving.
@@ -94,7 +101,8 @@ pub async fn run(
 /// resolves, then drains in-flight calls for at most the app's shutdown
 /// grace. The admin endpoint stays up through the drain (so `/readyz`
 /// answers 503 and the last scrape sees the drain) and stops after the
-/// gRPC server.
+/// gRPC server; so does the webhook endpoint (a delivery it cannot take
+/// any more is retried by Svix, on another replica).
 pub async fn serve(
     listener: TcpListener,
     app: App,
@@ -105,6 +113,21 @@ pub async fn serve(
         Some(l) => Some(AdminServer::spawn(l, admin::AdminState::of(&app)).map_err(ServeError::Listener)?),
         None => None,
     };
+    let webhook = match options.webhook {
+        Some(w) => Some(
+            WebhookServer::spawn(
+                w.listener,
+                app.webhook.clone(),
+                w.record,
+                webhook::Limits {
+                    metrics: app.telemetry.metrics().webhook_connections(),
+                    ..webhook::Limits::default()
+                },
+            )
+            .map_err(ServeError::Listener)?,
+        ),
+        None => None,
+    };
     let stop_reload = CancellationToken::new();
     let reloader = options
         .reload
@@ -113,6 +136,9 @@ pub async fn serve(
     stop_reload.cancel();
     if let Some(task) = reloader {
         let _ = task.await;
+    }
+    if let Some(webhook) = webhook {
+        webhook.stop().await;
     }
     if let Some(admin) = admin {
         admin.stop().await;

@@ -28,11 +28,13 @@
 //! | `clerk_introspect_revocation_store_up` | gauge | none |
 //! | `clerk_introspect_revocation_store_errors_total` | counter | `op` |
 //! | `clerk_introspect_revocation_store_lag_seconds` | histogram | none |
+//! | `clerk_introspect_webhooks_total` | counter | `event_type`, `result` |
 //!
 //! Labels are bounded: `rpc` and `reason` are fixed strings, `issuer` is
 //! one of the configured issuers (events are only ever reported for them),
-//! `trigger` and `result` are fixed strings. Never a kid, subject, azp or
-//! token.
+//! `trigger` and `result` are fixed strings, `event_type` is one of Clerk's
+//! event types the webhook endpoint knows, `other` or `unknown`. Never a
+//! kid, subject, azp, token or signing secret.
 
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -81,6 +83,12 @@ struct IssuerLabels {
 struct FetchLabels {
     issuer: String,
     trigger: &'static str,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WebhookLabels {
+    event_type: &'static str,
     result: &'static str,
 }
 
@@ -231,6 +239,7 @@ struct OtelInstruments {
     in_flight: opentelemetry::metrics::UpDownCounter<i64>,
     fetches: opentelemetry::metrics::Counter<u64>,
     suppressed: opentelemetry::metrics::Counter<u64>,
+    webhooks: opentelemetry::metrics::Counter<u64>,
     // Observable gauges live as long as their handles.
     _keys_loaded: opentelemetry::metrics::ObservableGauge<u64>,
     _keys_age: opentelemetry::metrics::ObservableGauge<f64>,
@@ -268,6 +277,11 @@ impl OtelInstruments {
                 .u64_counter("clerk_introspect.unknown_kid_refetches.suppressed")
                 .with_description("Unknown-kid refetches refused by the per-issuer cooldown.")
                 .with_unit("{refetch}")
+                .build(),
+            webhooks: meter
+                .u64_counter("clerk_introspect.webhooks")
+                .with_description("Clerk webhook deliveries, by event type and result.")
+                .with_unit("{delivery}")
                 .build(),
             _keys_loaded: meter
                 .u64_observable_gauge("clerk_introspect.keys.loaded")
@@ -313,7 +327,7 @@ pub struct TableMetrics {
 /// Labels of [`TableMetrics::closed_by_server`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CloseLabels {
-    /// `grpc` or `metrics`.
+    /// `grpc`, `metrics` or `webhook`.
     pub listener: &'static str,
     /// `make_room` or `idle`.
     pub reason: &'static str,
@@ -475,6 +489,7 @@ pub struct Metrics {
     connections_max: Gauge,
     closed_by_server: Family<CloseLabels, Counter>,
     refused: Family<RefusalLabels, Counter>,
+    webhooks: Family<WebhookLabels, Counter>,
     limits: Arc<LimitGauges>,
     revocation: RevocationMetrics,
     otel: Option<OtelInstruments>,
@@ -550,7 +565,7 @@ impl Metrics {
         let closed_by_server = Family::<CloseLabels, Counter>::default();
         registry.register(
             "connections_closed_by_server",
-            "Connections the server asked to close, by listener (grpc, metrics) and reason (make_room: the table was full and a new client came; idle: --max-connection-idle)",
+            "Connections the server asked to close, by listener (grpc, metrics, webhook) and reason (make_room: the table was full and a new client came; idle: --max-connection-idle)",
             closed_by_server.clone(),
         );
         let refused = Family::<RefusalLabels, Counter>::default();
@@ -558,6 +573,12 @@ impl Metrics {
             "calls_refused",
             "gRPC calls refused by a server limit (calls_in_flight, request_bytes: RESOURCE_EXHAUSTED; request_timeout: DEADLINE_EXCEEDED)",
             refused.clone(),
+        );
+        let webhooks = Family::<WebhookLabels, Counter>::default();
+        registry.register(
+            "webhooks",
+            "Clerk webhook deliveries on --webhook-listen, by event type (Clerk's, other, or unknown when the body was not read) and result (applied, duplicate, ignored, bad_signature, stale, malformed, too_large, store_error)",
+            webhooks.clone(),
         );
         let limits = Arc::new(LimitGauges::default());
         registry.register_collector(Box::new(limits.clone()));
@@ -576,6 +597,7 @@ impl Metrics {
             connections_max,
             closed_by_server,
             refused,
+            webhooks,
             limits,
             otel,
             per_rpc: Default::default(),
@@ -614,6 +636,12 @@ impl Metrics {
         self.revocation.clone()
     }
 
+    /// The metrics of the webhook port's connection table (its open
+    /// connections are not exported; its closes are).
+    pub fn webhook_connections(&self) -> TableMetrics {
+        TableMetrics { open: Gauge::default(), closed_by_server: self.closed_by_server.clone() }
+    }
+
     /// The counters of calls refused by the server's limits.
     pub fn call_limits(&self) -> LimitMetrics {
         LimitMetrics { refused: self.refused.clone() }
@@ -634,6 +662,16 @@ impl Metrics {
     /// Each issuer's key state now.
     pub fn key_states(&self) -> Vec<IssuerKeyState> {
         self.keys.states()
+    }
+
+    /// Counts one webhook delivery. `event_type` and `result` must come from
+    /// fixed vocabularies (the webhook endpoint's), so the label set stays
+    /// bounded.
+    pub fn webhook_delivered(&self, event_type: &'static str, result: &'static str) {
+        self.webhooks.get_or_create(&WebhookLabels { event_type, result }).inc();
+        if let Some(o) = &self.otel {
+            o.webhooks.add(1, &[KeyValue::new("event_type", event_type), KeyValue::new("result", result)]);
+        }
     }
 
     /// Whether the metrics are mirrored to OpenTelemetry.
@@ -721,6 +759,7 @@ mod tests {
         m.request_finished(Rpc::Verify, "REASON_EXPIRED", Duration::from_micros(80));
         m.fetch_finished("https://a.example.com", Trigger::Startup, Ok(2));
         m.refetch_suppressed("https://a.example.com");
+        m.webhook_delivered("session.revoked", "applied");
         let text = m.encode_prometheus();
         for line in [
             "clerk_introspect_verifications_total{rpc=\"Verify\",reason=\"REASON_EXPIRED\"} 1",
@@ -729,6 +768,7 @@ mod tests {
             "clerk_introspect_verification_duration_seconds_bucket{rpc=\"Verify\",le=\"0.0001\"} 1",
             "clerk_introspect_jwks_fetches_total{issuer=\"https://a.example.com\",trigger=\"startup\",result=\"success\"} 1",
             "clerk_introspect_unknown_kid_refetches_suppressed_total{issuer=\"https://a.example.com\"} 1",
+            "clerk_introspect_webhooks_total{event_type=\"session.revoked\",result=\"applied\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
         }

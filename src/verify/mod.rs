@@ -223,7 +223,7 @@ impl Verifier {
             cache.forget_token(&digest);
         }
         // Boxed: the slow path's state (decode, refetch) is large, and a
-        // cache hit should not move it around (measured, README).
+        // cache hit should not move it around (measured, docs/performance.md).
         let (verified, had_kid) = Box::pin(self.verify_steps(&trust, token, Some(&digest))).await?;
         let verified = Arc::new(verified);
         let issuer = trust.get(&verified.issuer).ok_or_else(|| rejection::untrusted_issuer(&verified.issuer))?;

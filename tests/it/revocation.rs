@@ -696,3 +696,120 @@ async fn redis_outage_of_60_seconds() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+// === through real, Svix-signed Clerk webhooks ===
+
+/// Svix's published example secret.
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A replica with `--webhook-listen` and a signing secret, sharing `redis`.
+async fn webhook_replica(issuer: &TestIssuer, redis: &Redis) -> (Server, std::net::SocketAddr) {
+    let args = [
+        "--issuer",
+        issuer.issuer(),
+        "--webhook-listen",
+        "127.0.0.1:0",
+        "--webhook-signing-secret",
+        WEBHOOK_SECRET,
+        "--revocation-store",
+        &redis.url(),
+    ];
+    let mut config = clerk_introspect::cli::serve::parse(args).unwrap().loader().load().unwrap();
+    config.issuers = vec![issuer_config(issuer)];
+    let (server, hook) = Server::start_with_webhook(config).await;
+    server.wait_for(ServingStatus::Serving).await;
+    (server, hook)
+}
+
+/// POSTs a Clerk event to `hook`, signed as Svix signs (`svix_id` given,
+/// the timestamp now, `secret`): the HTTP status.
+async fn deliver(hook: std::net::SocketAddr, svix_id: &str, secret: &str, event: &Value) -> u16 {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = event.to_string();
+    let ts = unix_now();
+    let key = aws_lc_rs::hmac::Key::new(
+        aws_lc_rs::hmac::HMAC_SHA256,
+        &b64.decode(secret.strip_prefix("whsec_").unwrap()).unwrap(),
+    );
+    let signature = b64.encode(aws_lc_rs::hmac::sign(&key, format!("{svix_id}.{ts}.{body}").as_bytes()));
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let response = client
+        .post(format!("http://{hook}/webhooks/clerk"))
+        .header("content-type", "application/json")
+        .header("svix-id", svix_id)
+        .header("svix-timestamp", ts.to_string())
+        .header("svix-signature", format!("v1,{signature}"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
+fn clerk_event(event_type: &str, data: Value) -> Value {
+    json!({"object": "event", "type": event_type, "timestamp": now_ms(), "instance_id": "ins_test", "data": data})
+}
+
+#[tokio::test]
+async fn signed_webhooks_on_one_replica_are_enforced_by_every_replica() {
+    let key = TestKey::es256("ins_hook");
+    let issuer = TestIssuer::start(vec![key.clone()]).await.unwrap();
+    let mut redis = Redis::start_persistent();
+    let (a, hook) = webhook_replica(&issuer, &redis).await;
+    let b = replica(&issuer, Some(&redis)).await;
+    let c = replica(&issuer, Some(&redis)).await;
+    let now = unix_now();
+    let t = |sid: &str, sub: &str, org: Option<&str>| token(&key, &issuer, sid, sub, now - 5, org);
+
+    // session.ended for one session: refused on A, B, C; the user's other session is not.
+    let ended = json!({"object": "session", "id": "sess_hook", "user_id": "user_hook", "status": "ended", "client_id": "client_1"});
+    assert_eq!(deliver(hook, "msg_hook_1", WEBHOOK_SECRET, &clerk_event("session.ended", ended)).await, 200);
+    for s in [&a, &b, &c] {
+        until_revoked(s, &t("sess_hook", "user_hook", None)).await;
+        assert_eq!(s.reason(&t("sess_other", "user_hook", None)).await, Reason::Valid);
+    }
+    let answer = b.verify(&t("sess_hook", "user_hook", None)).await;
+    assert!(answer.message.contains("session.ended"), "{}", answer.message);
+
+    // The same delivery again (Svix retries): 200, applied once.
+    let ended_again = json!({"object": "session", "id": "sess_hook", "user_id": "user_hook", "status": "ended"});
+    assert_eq!(deliver(hook, "msg_hook_1", WEBHOOK_SECRET, &clerk_event("session.ended", ended_again)).await, 200);
+    assert_eq!(a.app.revocation.index().len(), 1);
+
+    // A ban and a membership removal.
+    let banned = json!({"object": "user", "id": "user_banned", "banned": true, "locked": false});
+    assert_eq!(deliver(hook, "msg_hook_2", WEBHOOK_SECRET, &clerk_event("user.updated", banned)).await, 200);
+    let removed = json!({"object": "organization_membership", "id": "orgmem_1", "role": "org:admin",
+        "organization": {"id": "org_hook", "object": "organization"},
+        "public_user_data": {"user_id": "user_member"}});
+    assert_eq!(
+        deliver(hook, "msg_hook_3", WEBHOOK_SECRET, &clerk_event("organizationMembership.deleted", removed)).await,
+        200
+    );
+    until_revoked(&c, &t("sess_b", "user_banned", None)).await;
+    until_revoked(&c, &t("sess_m", "user_member", Some("org_hook"))).await;
+    assert_eq!(c.reason(&t("sess_m", "user_member", Some("org_other"))).await, Reason::Valid);
+
+    // A bad signature is refused and revokes nothing.
+    let forged = json!({"object": "session", "id": "sess_forged", "user_id": "user_x", "status": "revoked"});
+    let wrong_secret = "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let status = deliver(hook, "msg_forged", wrong_secret, &clerk_event("session.revoked", forged)).await;
+    assert!((400..500).contains(&status), "{status}");
+    assert_eq!(a.reason(&t("sess_forged", "user_x", None)).await, Reason::Valid);
+
+    // Redis down: 503 (Svix retries), applied on A at once; after Redis
+    // returns the retry is 200 and B catches up.
+    redis.kill();
+    let during = json!({"object": "session", "id": "sess_outage", "user_id": "user_o", "status": "revoked"});
+    let event = clerk_event("session.revoked", during);
+    assert_eq!(deliver(hook, "msg_hook_4", WEBHOOK_SECRET, &event).await, 503);
+    assert_eq!(a.reason(&t("sess_outage", "user_o", None)).await, Reason::SessionRevoked);
+    redis.restart();
+    let deadline = Instant::now() + PROPAGATION_LIMIT;
+    while deliver(hook, "msg_hook_4", WEBHOOK_SECRET, &event).await != 200 {
+        assert!(Instant::now() < deadline, "the retry never succeeded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    until_revoked(&b, &t("sess_outage", "user_o", None)).await;
+}

@@ -47,7 +47,7 @@ fn checked(setting: Setting) -> ValueParser {
 /// The flag of one setting.
 fn flag(setting: Setting) -> Arg {
     let meta = setting.meta();
-    let arg = Arg::new(meta.key).long(meta.flag).env(meta.env).help(meta.help);
+    let arg = Arg::new(meta.key).long(meta.flag).env(meta.env).help(meta.help).hide_env_values(meta.secret);
     match meta.kind {
         Kind::Switch => arg.action(ArgAction::SetTrue),
         Kind::One | Kind::List => {

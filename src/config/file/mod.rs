@@ -70,13 +70,19 @@ pub fn read(path: &Path) -> Result<FileLayers, ConfigError> {
     parse(&text, path)
 }
 
-/// Reads a text file of at most `max` bytes.
+/// Reads a text file of at most `max` bytes. The bound holds while
+/// reading, not only from the file's stated size: a device such as
+/// `/dev/zero`, a file in `/proc` (size 0) or a file that grows meanwhile
+/// is refused after `max + 1` bytes.
 pub fn read_text(path: &Path, max: u64) -> Result<String, String> {
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if meta.len() > max {
+    use std::io::Read as _;
+    let cannot = |e: std::io::Error| format!("cannot read {}: {e}", path.display());
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let mut bytes = Vec::new();
+    file.take(max.saturating_add(1)).read_to_end(&mut bytes).map_err(cannot)?;
+    if bytes.len() as u64 > max {
         return Err(format!("{} is larger than {max} bytes", path.display()));
     }
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))
 }
 
@@ -282,7 +288,8 @@ impl Watched {
 }
 
 impl FileLayers {
-    /// The files the config names (TLS files, key files).
+    /// The files the config names (TLS files, key files, the webhook
+    /// signing secret file).
     fn paths(&self) -> Vec<PathBuf> {
         let server = &self.server;
         let mut out: Vec<PathBuf> = [&server.tls_cert, &server.tls_key, &server.tls_client_ca]
@@ -290,6 +297,7 @@ impl FileLayers {
             .flatten()
             .map(|p| p.value.clone())
             .collect();
+        out.extend(server.webhook_signing_secret_file.iter().map(|p| p.value.clone()));
         for table in &self.issuers {
             let l = &table.layer;
             out.extend([&l.jwks_file, &l.public_key_file].into_iter().flatten().map(|p| p.value.clone()));

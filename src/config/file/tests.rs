@@ -74,6 +74,7 @@ fn example_dir() -> (Scratch, PathBuf) {
     dir.write("tls/clients-ca.crt", &ca);
     dir.write("keys/tenant-b.pem", &rsa_pem());
     dir.write("keys/tenant-c.jwks.json", &fixture_jwks());
+    dir.write("secrets/clerk-webhook-signing-secret", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n");
     let path = dir.write("config.toml", EXAMPLE);
     (dir, path)
 }
@@ -98,6 +99,9 @@ fn the_example_file_loads() {
     assert_eq!(config.listen, "0.0.0.0:50051".parse().unwrap());
     assert_eq!(config.shutdown_grace, Duration::from_secs(20));
     assert_eq!(config.watch_interval, Duration::from_secs(5));
+    assert_eq!(config.webhook.listen, Some("0.0.0.0:8080".parse().unwrap()));
+    assert_eq!(config.webhook.signing_secrets.len(), 1, "from the file");
+    assert_eq!(config.webhook.max_body_bytes, 256 * 1024);
     let tls = config.tls.as_ref().unwrap();
     assert_eq!(tls.cert, dir.0.join("tls/server.crt"), "relative to the file's directory");
     assert_eq!(tls.client_ca.as_deref(), Some(dir.0.join("tls/clients-ca.crt").as_path()));
@@ -170,10 +174,15 @@ fn every_key_is_read() {
     dir.write("c.pem", &cert);
     dir.write("k.pem", &key);
     dir.write("ca.pem", &ca);
+    dir.write("webhook-secrets", "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\n");
     let text = r#"
 listen = "127.0.0.1:7000"
 shutdown_grace = 3
 watch_interval = "250ms"
+webhook_listen = "127.0.0.1:7080"
+webhook_signing_secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+webhook_signing_secret_file = "webhook-secrets"
+webhook_max_body_bytes = "64KiB"
 [tls]
 cert = "c.pem"
 key = "k.pem"
@@ -197,6 +206,9 @@ max_key_staleness = "1h"
     assert_eq!(config.listen, "127.0.0.1:7000".parse().unwrap());
     assert_eq!(config.shutdown_grace, Duration::from_secs(3));
     assert_eq!(config.watch_interval, Duration::from_millis(250));
+    assert_eq!(config.webhook.listen, Some("127.0.0.1:7080".parse().unwrap()));
+    assert_eq!(config.webhook.signing_secrets.len(), 2, "the inline one and the file's");
+    assert_eq!(config.webhook.max_body_bytes, 64 * 1024);
     assert_eq!(
         config.tls,
         Some(TlsFiles { cert: dir.0.join("c.pem"), key: dir.0.join("k.pem"), client_ca: Some(dir.0.join("ca.pem")) })
@@ -217,6 +229,41 @@ max_key_staleness = "1h"
     assert_eq!(i.refresh.interval, Duration::from_secs(120));
     assert_eq!(i.refresh.unknown_kid_cooldown, Duration::from_secs(30));
     assert_eq!(i.refresh.max_staleness, Duration::from_secs(3600));
+}
+
+#[test]
+fn webhook_secrets_are_checked_without_being_quoted_and_their_file_is_watched() {
+    let dir = Scratch::new();
+    let issuer = "[[issuers]]\nissuer = \"https://clerk.example.com\"\n";
+    // Listening needs a secret.
+    let err = parse_in(&dir, &format!("webhook_listen = \"127.0.0.1:7080\"\n{issuer}"), &cli(&[])).unwrap_err();
+    assert!(err.to_string().contains("config.toml:1: webhook_listen"), "{err}");
+    assert!(err.to_string().contains("signing secret"), "{err}");
+    // A bad secret inline, or in the file: named by place, never quoted.
+    for (text, at) in [
+        ("webhook_signing_secrets = [\"whsec_Mf!KQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n", "webhook_signing_secrets"),
+        ("webhook_signing_secrets = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n", "webhook_signing_secrets"),
+        ("webhook_signing_secret_file = \"secrets\"\n", "secrets line 2"),
+    ] {
+        dir.write("secrets", "# rotated 2025-01\nMfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n");
+        let err = parse_in(&dir, &format!("{text}{issuer}"), &cli(&[])).unwrap_err().to_string();
+        assert!(err.contains(at), "{err}");
+        assert!(!err.contains("MfKQ9r8"), "the secret leaked: {err}");
+    }
+    dir.write("empty", "# nothing yet\n");
+    let err = parse_in(&dir, &format!("webhook_signing_secret_file = \"empty\"\n{issuer}"), &cli(&[])).unwrap_err();
+    assert!(err.to_string().contains("holds no signing secret"), "{err}");
+
+    // The secret file a config file names is watched: a new secret there
+    // is a change the reload loop notices.
+    dir.write("secrets", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\n");
+    let path = dir.write("watched.toml", &format!("webhook_signing_secret_file = \"secrets\"\n{issuer}"));
+    let loader = Loader::for_file(&path, Layer::default());
+    assert_eq!(loader.load().unwrap().webhook.signing_secrets.len(), 1);
+    assert!(!loader.changed());
+    dir.write("secrets", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\nwhsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD\n");
+    assert!(loader.changed());
+    assert_eq!(loader.load().unwrap().webhook.signing_secrets.len(), 2);
 }
 
 #[test]
@@ -459,4 +506,20 @@ proptest::proptest! {
             Err(e) => proptest::prop_assert!(!e.to_string().contains('\n'), "{}", e),
         }
     }
+}
+
+/// A key or config file that states no size (a device, a file in /proc)
+/// is still read only up to the limit: `jwks_file = "/dev/zero"` was read
+/// until memory ran out, as its size reads 0.
+#[test]
+fn files_are_read_up_to_the_limit_whatever_size_they_state() {
+    let err = read_text(Path::new("/dev/zero"), 1024).unwrap_err();
+    assert!(err.contains("larger than 1024 bytes"), "{err}");
+    let dir = std::env::temp_dir().join(format!("clerk-introspect-read-text-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("exact.txt");
+    std::fs::write(&file, "x".repeat(1024)).unwrap();
+    assert_eq!(read_text(&file, 1024).unwrap().len(), 1024);
+    assert!(read_text(&file, 1023).unwrap_err().contains("larger than 1023 bytes"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

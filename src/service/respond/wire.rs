@@ -1,7 +1,7 @@
 //! Verify's answer for a valid token, encoded straight from the verified
 //! token: the bytes prost writes for [`super::valid`], without building
 //! (and dropping) a `pb::VerifyResponse` of eleven owned strings on every
-//! call. Measured: README, Performance. The tests below hold it to prost's
+//! call. Measured: docs/performance.md. The tests below hold it to prost's
 //! own encoding, byte for byte.
 
 use std::sync::Arc;

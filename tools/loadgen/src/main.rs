@@ -27,7 +27,7 @@
 //!
 //! Clients: the closed-loop passes use h2load (one token) or the `h2`
 //! crate (many tokens, many streams per connection). The open-loop
-//! (rate-limited) passes use `raw_h2` (`loadgen/raw_h2.rs`), a minimal
+//! (rate-limited) passes use `raw_h2` (`raw_h2.rs`), a minimal
 //! HTTP/2 client of its own: pre-encoded frames, one write per batch of
 //! due calls per connection, no task or lock per call, on a current-thread
 //! runtime, with a pacing thread releasing calls on a fixed schedule. Its open-loop latencies run from each call's *scheduled* send
@@ -36,9 +36,12 @@
 //! they include the client's own scheduling: an upper bound on the
 //! server's latency.
 //!
-//! Run it with `scripts/bench.sh` (or `cargo bench --bench loadgen --
-//! --help`); `--self-test` checks the raw HTTP/2 client without a server
-//! binary (an in-process `h2` server stands in).
+//! Run it with `scripts/bench.sh`, which builds the release server binary
+//! and this tool, then runs `target/release/loadgen` (`--help` for the
+//! options); the server binary defaults to `clerk-introspect` next to this
+//! tool's own. `--self-test` (and `cargo test -p loadgen`) checks the raw
+//! HTTP/2 client without a server binary (an in-process `h2` server stands
+//! in).
 
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -62,14 +65,13 @@ use tokio::task::JoinSet;
 use tonic_health::pb::HealthCheckResponse;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-#[path = "loadgen/raw_h2.rs"]
 mod raw_h2;
 
 const HEALTH: &str = "/grpc.health.v1.Health/Check";
 const VERIFY: &str = "/introspect.v1.TokenIntrospection/Verify";
 
 const USAGE: &str = "\
-usage: cargo bench --bench loadgen -- [options]
+usage: loadgen [options]   (scripts/bench.sh [options] builds and runs it)
   --duration SECS        measured seconds per scenario (default 10)
   --warmup SECS          warm-up seconds per scenario (default 2)
   --connections N        HTTP/2 connections (default 4)
@@ -87,12 +89,13 @@ usage: cargo bench --bench loadgen -- [options]
                          hot token); default h2load when installed (cheaper per call
                          than the built-in h2 client, so the server stays the
                          bottleneck). Open-loop passes always use the raw HTTP/2
-                         client (benches/loadgen/raw_h2.rs): --connections
+                         client (tools/loadgen/src/raw_h2.rs): --connections
                          connections, calls round-robin, at most the server's
                          SETTINGS_MAX_CONCURRENT_STREAMS open per connection (a call
                          beyond it is an error, never queued); latency from each
                          call's scheduled send time to its trailers.
-  --server-bin PATH      server binary (default: the one cargo built)
+  --server-bin PATH      server binary (default: clerk-introspect next to this
+                         binary, e.g. target/release/ for a release build)
   --server-env KEY=VAL   extra environment of the server (repeatable), e.g. RUST_LOG=warn
   --scenarios LIST       comma-separated subset of: crypto, health, hot, cached,
                          uncached, half, ladder, rss (default: all)
@@ -151,7 +154,7 @@ fn parse_args() -> Result<Args, String> {
         client_cpus: Some(if cores > 1 { "1".into() } else { "0".into() }),
         server_threads: 0,
         client_threads: 0,
-        server_bin: PathBuf::from(env!("CARGO_BIN_EXE_clerk-introspect")),
+        server_bin: default_server_bin(),
         scenarios: vec!["all".into()],
         server_env: Vec::new(),
         h2load: h2load_available(),
@@ -210,8 +213,6 @@ fn parse_args() -> Result<Args, String> {
                 a.rss_tokens = 20_000;
             }
             "--self-test" => a.self_test = true,
-            // `cargo bench` passes --bench to every bench target.
-            "--bench" => {}
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown option {other}\n{USAGE}")),
         }
@@ -238,15 +239,17 @@ fn main() {
         }
     };
     if args.self_test {
-        let mut failures = raw_h2::self_test();
-        let check = verify_valid_self_test();
-        eprintln!("{} the Verify answer check agrees with prost", if check.is_empty() { "ok  " } else { "FAIL" });
-        for f in &check {
-            eprintln!("     {f}");
-        }
-        failures.extend(check);
+        let failures = self_test();
         eprintln!("raw_h2 self-test: {} failure(s)", failures.len());
         std::process::exit(i32::from(!failures.is_empty()));
+    }
+    if !args.server_bin.is_file() {
+        eprintln!(
+            "loadgen: no server binary at {}: build it first (`cargo build --release --locked --bin clerk-introspect`, \
+             as scripts/bench.sh does) or pass --server-bin",
+            args.server_bin.display()
+        );
+        std::process::exit(1);
     }
     // Pin this process before any thread is started: threads inherit it.
     if let Some(cpus) = &args.client_cpus {
@@ -266,6 +269,39 @@ fn main() {
     if let Err(e) = runtime.block_on(run(args)) {
         eprintln!("loadgen: {e}");
         std::process::exit(1);
+    }
+}
+
+/// The raw HTTP/2 client's checks and the Verify answer check's (what
+/// `--self-test` and `cargo test -p loadgen` run): the failures, if any.
+fn self_test() -> Vec<String> {
+    let mut failures = raw_h2::self_test();
+    let check = verify_valid_self_test();
+    eprintln!("{} the Verify answer check agrees with prost", if check.is_empty() { "ok  " } else { "FAIL" });
+    for f in &check {
+        eprintln!("     {f}");
+    }
+    failures.extend(check);
+    failures
+}
+
+/// `clerk-introspect` in the directory of this binary: cargo puts both
+/// packages' binaries in one target directory (`target/release/` for
+/// `cargo build --release`).
+fn default_server_bin() -> PathBuf {
+    let name = format!("clerk-introspect{}", std::env::consts::EXE_SUFFIX);
+    std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join(&name))).unwrap_or_else(|| name.into())
+}
+
+#[cfg(test)]
+mod tests {
+    /// `--self-test` as part of `cargo test`: the raw HTTP/2 client against
+    /// hand-built frames and an in-process `h2` server, and the Verify
+    /// answer check against prost.
+    #[test]
+    fn raw_h2_client_self_test() {
+        let failures = super::self_test();
+        assert!(failures.is_empty(), "{failures:#?}");
     }
 }
 
@@ -607,7 +643,9 @@ fn claims(iss: &str, i: usize) -> serde_json::Value {
 }
 
 fn grpc_frame(message: &[u8]) -> Bytes {
-    [&clerk_introspect::service::unary::message_prefix(message.len() as u32)[..], message].concat().into()
+    // Not compressed, then the length (big-endian u32).
+    let len = u32::try_from(message.len()).expect("a request under 4 GiB");
+    [&[0][..], &len.to_be_bytes(), message].concat().into()
 }
 
 /// An encoded `HealthCheckRequest` of `size` bytes (for `size` ≥ 2): an

@@ -45,7 +45,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use super::{CallError, Worker};
+use crate::{CallError, Worker};
 
 /// The caller's check of one response message (the bytes after gRPC's
 /// 5-byte prefix).
