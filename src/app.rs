@@ -28,6 +28,10 @@ use crate::config::{Config, ConnectionSettings};
 use crate::health::Readiness;
 use crate::keys::fetch::Fetcher;
 use crate::keys::{IssuerKeys, KeyContext, KeySource};
+use crate::revocation::service::RevocationService;
+use crate::revocation::store::Store;
+use crate::revocation::store::memory::MemoryStore;
+use crate::revocation::store::redis::{RedisStore, STREAM_KEY, UrlError};
 use crate::service::{AuthzService, IntrospectService};
 use crate::telemetry::{Metrics, Telemetry};
 use crate::tls::{TlsError, TlsState};
@@ -64,6 +68,9 @@ pub enum StartError {
     /// TLS could not be configured.
     #[error("cannot configure TLS")]
     Tls(#[source] TlsError),
+    /// The revocation store cannot be used.
+    #[error("cannot use the revocation store")]
+    RevocationStore(#[source] UrlError),
 }
 
 /// The running parts of the service, shared by every RPC.
@@ -87,6 +94,9 @@ pub struct App {
     pub shutdown_grace: Duration,
     /// Spans and metrics of this app (its own Prometheus registry).
     pub telemetry: Telemetry,
+    /// Revocations: the index the verifier asks, the store, and the
+    /// [`crate::revocation::Record`] the webhook endpoint calls.
+    pub revocation: Arc<RevocationService>,
     /// The Clerk webhook endpoint's state (served when `ServeOptions` has
     /// a webhook listener); its signing secrets follow reloads.
     pub webhook: Arc<Endpoint>,
@@ -125,9 +135,20 @@ impl App {
             policy: Arc::new(i.policy.clone()),
             keys: IssuerKeys::start(Arc::from(i.issuer.as_str()), i.source.clone(), i.refresh, keys.clone()),
         }));
-        let verifier = Arc::new(Verifier::with_token_cache(trust, deps.clock.clone(), config.token_cache_size));
+        let revocation = Arc::new(RevocationService::new(
+            revocation_store(config)?,
+            config.revocation.settings,
+            deps.clock.clone(),
+            metrics.revocation(),
+            changed.clone(),
+        ));
+        let verifier = Arc::new(
+            Verifier::with_token_cache(trust, deps.clock.clone(), config.token_cache_size)
+                .with_revocations(revocation.index().clone()),
+        );
         metrics.watch_keys(&verifier);
-        let readiness = Arc::new(Readiness::new(verifier.clone(), changed));
+        let readiness = Arc::new(Readiness::new(verifier.clone(), changed).with_gate(revocation.clone()));
+        revocation.spawn();
         let webhook = Arc::new(Endpoint::new(
             config.webhook.signing_secrets.clone(),
             config.webhook.max_body_bytes,
@@ -146,6 +167,7 @@ impl App {
             listen: config.listen,
             shutdown_grace: config.shutdown_grace,
             telemetry,
+            revocation,
             webhook,
             webhook_listen: config.webhook.listen,
             keys,
@@ -280,6 +302,18 @@ impl fmt::Display for ReloadSummary {
         }
         Ok(())
     }
+}
+
+/// The revocation store `config` names: Redis, or in-process.
+fn revocation_store(config: &Config) -> Result<Arc<dyn Store>, StartError> {
+    let r = &config.revocation;
+    Ok(match &r.store {
+        None => Arc::new(MemoryStore::new(r.settings.max_entries)),
+        Some(url) => Arc::new(
+            RedisStore::new(&url.url, r.password.as_ref().map(|p| p.0.as_str()), STREAM_KEY, r.settings.retention)
+                .map_err(StartError::RevocationStore)?,
+        ),
+    })
 }
 
 /// Whether two key sources are the same (static keys: the same keys, in order).

@@ -1,6 +1,8 @@
-//! Readiness: `SERVING` once every trusted issuer has usable keys, and
-//! `NOT_SERVING` before that, while any issuer's keys are stale, and from the
-//! moment the drain starts. Published through `grpc.health.v1.Health` for
+//! Readiness: `SERVING` once every trusted issuer has usable keys and every
+//! [`Gate`] (the revocation service: the retention window replayed from the
+//! store; with `--revocation-store-required`, the store not down for longer
+//! than its outage limit) is open, and `NOT_SERVING` before that, while any
+//! issuer's keys are stale, and from the moment the drain starts. Published through `grpc.health.v1.Health` for
 //! the overall server (`""`) and for every service we serve.
 
 use std::sync::Arc;
@@ -29,6 +31,24 @@ pub const LIVENESS_SERVICE: &str = "liveness";
 /// stale by the passage of time alone).
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Another condition of readiness besides the keys (the revocation
+/// service is one); asked at every recheck.
+pub trait Gate: Send + Sync + std::fmt::Debug {
+    /// Whether it lets the server be ready now, and its state in words.
+    fn condition(&self) -> Condition;
+}
+
+/// One [`Gate`]'s state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Condition {
+    /// What it is (`revocation`).
+    pub name: &'static str,
+    /// Whether it lets the server be ready.
+    pub ready: bool,
+    /// Its state, for a person.
+    pub state: String,
+}
+
 /// What the admin endpoint reads of health ([`Readiness`] is one).
 pub trait HealthSource: Send + Sync + std::fmt::Debug {
     /// Readiness and each issuer's key state, now.
@@ -44,6 +64,8 @@ pub struct HealthReport {
     pub draining: bool,
     /// Each trusted issuer, by name.
     pub issuers: Vec<IssuerHealth>,
+    /// Every other condition ([`Gate`]).
+    pub conditions: Vec<Condition>,
 }
 
 /// One issuer's key state.
@@ -61,19 +83,27 @@ pub struct Readiness {
     verifier: Arc<Verifier>,
     draining: AtomicBool,
     changed: Arc<Notify>,
+    gates: Vec<Arc<dyn Gate>>,
 }
 
 impl Readiness {
     /// Readiness over the verifier's trusted issuers; `changed` is poked by
     /// the key caches after each fetch.
     pub fn new(verifier: Arc<Verifier>, changed: Arc<Notify>) -> Self {
-        Self { verifier, draining: AtomicBool::new(false), changed }
+        Self { verifier, draining: AtomicBool::new(false), changed, gates: Vec::new() }
+    }
+
+    /// The same readiness, also closed while `gate` is.
+    pub fn with_gate(mut self, gate: Arc<dyn Gate>) -> Self {
+        self.gates.push(gate);
+        self
     }
 
     /// Whether the server should receive traffic now.
     pub fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::SeqCst)
             && self.verifier.trust().issuers().all(|i| i.keys.status() == KeyStatus::Ready)
+            && self.gates.iter().all(|g| g.condition().ready)
     }
 
     /// Whether the drain has started.
@@ -136,6 +166,7 @@ impl HealthSource for Readiness {
             })
             .collect();
         issuers.sort_by(|a, b| a.issuer.cmp(&b.issuer));
-        HealthReport { ready: self.is_ready(), draining: self.is_draining(), issuers }
+        let conditions = self.gates.iter().map(|g| g.condition()).collect();
+        HealthReport { ready: self.is_ready(), draining: self.is_draining(), issuers, conditions }
     }
 }

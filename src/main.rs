@@ -71,6 +71,7 @@ fn main() -> ExitCode {
                     Command::Verify(args) => ExitCode::from(clerk_introspect::cli::verify::run(&args).await),
                     Command::Inspect(args) => ExitCode::from(clerk_introspect::cli::inspect::run(&args)),
                     Command::CheckIssuer(args) => ExitCode::from(clerk_introspect::cli::check_issuer::run(&args).await),
+                    Command::Revoke(args) => ExitCode::from(clerk_introspect::cli::revoke::run(&args).await),
                     Command::Serve(_) => unreachable!("handled above"),
                 }
             }
@@ -120,13 +121,10 @@ async fn serve(args: ServeArgs, log_format: LogFormat, default_level: &str) -> E
     code
 }
 
-/// WIRING POINT (revocation): where the webhook endpoint's events go (the
-/// revocation service: applied on this replica, appended to the store).
-/// Until it exists, `--webhook-listen` refuses to start rather than
-/// acknowledge deliveries it cannot record; with it, this returns
-/// `Some(app.revocation.clone())`.
-fn webhook_record(_app: &App) -> Option<Arc<dyn Record>> {
-    None
+/// Where the webhook endpoint's events go: the revocation service (applied
+/// on this replica at once, appended to the store for the others).
+fn webhook_record(app: &App) -> Option<Arc<dyn Record>> {
+    Some(app.revocation.clone())
 }
 
 async fn serve_with_telemetry(args: &ServeArgs, meter: Option<opentelemetry::metrics::Meter>) -> ExitCode {

@@ -5,7 +5,9 @@
 //! - [`verify`]: ask a running server about a token and print its answer;
 //! - [`inspect`]: decode a token locally (UNVERIFIED) and flag wrong set-ups;
 //! - [`check_issuer`]: fetch an issuer's discovery document and JWKS as
-//!   `serve` would, and report what is there and what is wrong.
+//!   `serve` would, and report what is there and what is wrong;
+//! - [`revoke`]: revoke a session, user, membership or organization on
+//!   every replica, through the revocation store.
 //!
 //! Each operator command has a function that computes a report (tested
 //! directly) and one that prints it as a table or as JSON; `main` only maps
@@ -13,6 +15,7 @@
 
 pub mod check_issuer;
 pub mod inspect;
+pub mod revoke;
 pub mod serve;
 pub mod verify;
 
@@ -55,6 +58,8 @@ pub enum Command {
     Inspect(inspect::InspectArgs),
     /// Fetch an issuer's discovery document and JWKS exactly as serve would, and report what is found and every problem.
     CheckIssuer(check_issuer::CheckIssuerArgs),
+    /// Revoke a session, a user's tokens, a membership or an organization on every replica, through the revocation store (--revocation-store): exit 0 appended, 64 nothing to revoke or no store, 69 store unreachable.
+    Revoke(revoke::RevokeArgs),
 }
 
 /// Flags of `demo`.

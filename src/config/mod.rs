@@ -157,6 +157,44 @@ pub struct Config {
     pub metrics_listen: MetricsListen,
     /// The Clerk webhook endpoint.
     pub webhook: WebhookConfig,
+    /// Revocation: the store, retention, bound and readiness policy.
+    pub revocation: RevocationConfig,
+}
+
+/// Revocation settings (flags and environment only; fixed at start).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RevocationConfig {
+    /// The shared store (`None`: in-process, this replica only).
+    pub store: Option<StoreUrl>,
+    /// The store's password when its URL has none.
+    pub password: Option<Secret>,
+    /// Retention, bound and readiness policy.
+    pub settings: crate::revocation::service::Settings,
+}
+
+/// A store URL: shown as its `host:port` only (it may hold a password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreUrl {
+    /// The URL, as given.
+    pub url: String,
+    /// `host:port`, for logs and summaries.
+    pub address: String,
+}
+
+impl std::fmt::Debug for StoreUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StoreUrl({})", self.address)
+    }
+}
+
+/// A secret value, never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 impl Config {
@@ -266,6 +304,18 @@ pub fn summary(config: &Config) -> String {
         c.max_request_bytes,
         c.request_timeout.as_secs_f64(),
         c.max_idle.map_or("never".to_owned(), |idle| format!("{} s", idle.as_secs_f64())),
+    ));
+    let r = &config.revocation;
+    out.push_str(&format!(
+        "  revocation: {}, kept {} after the event, at most {} entries{}\n",
+        r.store.as_ref().map_or("in-process (this replica only)".to_owned(), |s| format!("redis {}", s.address)),
+        humantime::format_duration(r.settings.retention),
+        r.settings.max_entries,
+        if r.settings.store_required {
+            format!("; NOT_SERVING after {} of store outage", humantime::format_duration(r.settings.outage_limit))
+        } else {
+            String::new()
+        },
     ));
     if let Some(addr) = config.webhook.listen {
         out.push_str(&format!(

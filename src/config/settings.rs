@@ -641,6 +641,27 @@ settings! {
     /// `--metrics-listen`.
     MetricsListenAddr, metrics_listen: MetricsListen = meta("metrics_listen", "metrics-listen", "INTROSPECT_METRICS_LISTEN", "ADDR|off", Some("0.0.0.0:9464"), One, Process,
         "HTTP address for Prometheus /metrics and the /healthz and /readyz probes, or off.");
+    /// `--revocation-store`.
+    RevocationStore, revocation_store: String = meta("revocation_store", "revocation-store", "INTROSPECT_REVOCATION_STORE", "URL", None, One, Process,
+        "Where revocations are shared between replicas: a Redis URL, redis://host:6379 or rediss://host:6380 (TLS), optionally with :password@ and /db. Each accepted revocation is appended to a Redis Stream; every replica reads it continuously and replays the retention window at start-up before it reports SERVING. Unset: in-process, revocations reach only the replica that receives them.");
+    /// `--revocation-store-password-file`.
+    RevocationStorePasswordFile, revocation_store_password_file: PathBuf = meta("revocation_store_password_file", "revocation-store-password-file", "INTROSPECT_REVOCATION_STORE_PASSWORD_FILE", "FILE", None, One, Process,
+        "A file holding the Redis password (a mounted Secret), used when the URL has none. INTROSPECT_REVOCATION_STORE_PASSWORD gives it from the environment instead.");
+    /// `INTROSPECT_REVOCATION_STORE_PASSWORD`.
+    RevocationStorePassword, revocation_store_password: String = meta("revocation_store_password", "revocation-store-password", "INTROSPECT_REVOCATION_STORE_PASSWORD", "PASSWORD", None, One, Process,
+        "The Redis password, when the URL has none. Prefer the environment variable or --revocation-store-password-file: a flag's value shows in the process list.");
+    /// `--revocation-retention`.
+    RevocationRetention, revocation_retention: Duration = meta("revocation_retention", "revocation-retention", "INTROSPECT_REVOCATION_RETENTION", "DURATION", Some("24h"), One, Process,
+        "How long a revocation is kept after its event: the longest a token accepted by this server can live (Clerk session tokens live 60 s; JWT templates longer). Also the window replayed from the store at start-up. From 1m to 30 days.");
+    /// `--revocation-max-entries`.
+    RevocationMaxEntries, revocation_max_entries: usize = meta("revocation_max_entries", "revocation-max-entries", "INTROSPECT_REVOCATION_MAX_ENTRIES", "N", Some("1000000"), One, Process,
+        "Most revocations held (sessions, users, memberships, organizations; about 200 bytes each). When full, new revocations are refused, never evicting one (the webhook answers 5xx so Clerk retries once entries expire); a metric and a warning say so.");
+    /// `--revocation-store-required`.
+    RevocationStoreRequired, revocation_store_required: bool = meta("revocation_store_required", "revocation-store-required", "INTROSPECT_REVOCATION_STORE_REQUIRED", "", Some("false"), Switch, Process,
+        "Fail closed: report NOT_SERVING while the revocation store has been unreachable for longer than --revocation-store-outage-limit, and until the start-up replay is done. By default a store outage does not take authentication down: revocations already applied stay enforced, and the gauge clerk_introspect_revocation_store_up and an alert say so.");
+    /// `--revocation-store-outage-limit`.
+    RevocationStoreOutageLimit, revocation_store_outage_limit: Duration = meta("revocation_store_outage_limit", "revocation-store-outage-limit", "INTROSPECT_REVOCATION_STORE_OUTAGE_LIMIT", "DURATION", Some("30s"), One, Process,
+        "With --revocation-store-required: how long the store may be unreachable before the replica reports NOT_SERVING. Without it: how long a starting replica waits for the replay before it serves anyway (and replays as soon as the store answers). At least 1s.");
     /// `--webhook-listen`.
     WebhookListenAddr, webhook_listen: MetricsListen = meta("webhook_listen", "webhook-listen", "INTROSPECT_WEBHOOK_LISTEN", "ADDR|off", Some("off"), One, Server,
         "HTTP address for Clerk's webhooks (POST /webhooks/clerk, signed by Svix), or off. Expose it to the internet through an Ingress for that path only, never the metrics port. Needs a signing secret (--webhook-signing-secret or --webhook-signing-secret-file). A reload cannot change it.");

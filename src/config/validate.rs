@@ -13,7 +13,7 @@ use super::{
     Config, ConnectionSettings, IssuerConfig, MAX_CLOCK_SKEW_SECS, MAX_MAX_CALLS, MAX_MAX_CONNECTIONS,
     MAX_MAX_REQUEST_BYTES, MAX_TOKEN_CACHE_SIZE, MAX_WEBHOOK_BODY_BYTES, MAX_WEBHOOK_SECRET_FILE_BYTES,
     MIN_MAX_REQUEST_BYTES, MIN_REFRESH_INTERVAL, MIN_UNKNOWN_KID_COOLDOWN, MIN_WATCH_INTERVAL, MIN_WEBHOOK_BODY_BYTES,
-    WebhookConfig,
+    RevocationConfig, Secret, StoreUrl, WebhookConfig,
 };
 use crate::keys::fetch::{MAX_BODY_BYTES, check_key_url, is_loopback_host};
 use crate::keys::jwk::{self, AlgorithmSet, VerificationKey};
@@ -91,6 +91,94 @@ fn server_config(server: &Layer, issuers: Vec<IssuerConfig>) -> Result<Config, C
         authz: authz(server)?,
         metrics_listen: value(&server.metrics_listen, Setting::MetricsListenAddr)?,
         webhook: webhook(server)?,
+        revocation: revocation(server)?,
+    })
+}
+
+/// Largest `--revocation-store-password-file` read.
+pub const MAX_PASSWORD_FILE_BYTES: u64 = 4096;
+/// Shortest `--revocation-retention` (a session token lives 60 s).
+pub const MIN_REVOCATION_RETENTION: Duration = Duration::from_secs(60);
+/// Longest `--revocation-retention`.
+pub const MAX_REVOCATION_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Largest `--revocation-max-entries`.
+pub const MAX_REVOCATION_MAX_ENTRIES: usize = 100_000_000;
+
+/// Revocation: the store URL (redis:// or rediss://), its password, the
+/// retention, the bound and the readiness policy.
+fn revocation(server: &Layer) -> Result<RevocationConfig, ConfigError> {
+    let store = match &server.revocation_store {
+        None => None,
+        Some(given) => {
+            let url = given.value.trim();
+            let address = crate::revocation::store::redis::check_url(url).map_err(|e| given.error(e.to_string()))?;
+            Some(StoreUrl { url: url.to_owned(), address })
+        }
+    };
+    let password = match (&server.revocation_store_password, &server.revocation_store_password_file) {
+        (Some(_), Some(file)) => {
+            return Err(file.error(
+                "give the Redis password once: INTROSPECT_REVOCATION_STORE_PASSWORD or --revocation-store-password-file",
+            ));
+        }
+        (Some(p), None) => Some(Secret(p.value.trim().to_owned())),
+        (None, Some(file)) => {
+            let text = read_text(&file.value, MAX_PASSWORD_FILE_BYTES).map_err(|p| file.error(p))?;
+            Some(Secret(text.trim().to_owned()))
+        }
+        (None, None) => None,
+    };
+    if let Some(p) = &password
+        && p.0.is_empty()
+    {
+        let origin = server
+            .revocation_store_password_file
+            .as_ref()
+            .map(|f| f.origin.clone())
+            .or_else(|| server.revocation_store_password.as_ref().map(|p| p.origin.clone()))
+            .unwrap_or(Origin::Default(Setting::RevocationStorePassword));
+        return Err(origin.error("the Redis password is empty"));
+    }
+    if store.is_none() {
+        let orphan = [
+            (Setting::RevocationStorePassword, server.revocation_store_password.as_ref().map(|s| &s.origin)),
+            (Setting::RevocationStorePasswordFile, server.revocation_store_password_file.as_ref().map(|s| &s.origin)),
+        ];
+        for (_, origin) in orphan {
+            if let Some(origin) = origin {
+                return Err(origin.error("a Redis password without --revocation-store; give the store's URL too"));
+            }
+        }
+    }
+    let retention = sourced(&server.revocation_retention, Setting::RevocationRetention)?;
+    if retention.value < MIN_REVOCATION_RETENTION || retention.value > MAX_REVOCATION_RETENTION {
+        return Err(retention.error(
+            "must be from 1m to 30 days: at least the longest life of a token this server accepts (session tokens: 60 s)",
+        ));
+    }
+    let max_entries = sourced(&server.revocation_max_entries, Setting::RevocationMaxEntries)?;
+    in_range(max_entries, 1, MAX_REVOCATION_MAX_ENTRIES, Setting::RevocationMaxEntries)?;
+    let required = sourced(&server.revocation_store_required, Setting::RevocationStoreRequired)?;
+    if required.value && store.is_none() {
+        return Err(required
+            .error("requires a shared store (--revocation-store redis://...); the in-process store cannot be down"));
+    }
+    let limit = sourced(&server.revocation_store_outage_limit, Setting::RevocationStoreOutageLimit)?;
+    if limit.value < Duration::from_secs(1) {
+        return Err(limit.error(format!(
+            "must be at least 1s (the default is {})",
+            default_of(Setting::RevocationStoreOutageLimit)
+        )));
+    }
+    Ok(RevocationConfig {
+        store,
+        password,
+        settings: crate::revocation::service::Settings {
+            retention: retention.value,
+            max_entries: max_entries.value,
+            store_required: required.value,
+            outage_limit: limit.value,
+        },
     })
 }
 
@@ -751,5 +839,44 @@ mod tests {
         // The default call timeout outlasts the slowest call that can
         // succeed: one waiting for discovery, then the JWKS.
         assert!(config.connections.call_timeout > 2 * crate::keys::fetch::REQUEST_TIMEOUT);
+        assert_eq!(config.revocation, RevocationConfig::default());
+    }
+
+    #[test]
+    fn revocation_rules_and_messages() {
+        let with = |pairs: &[(Setting, &str)]| {
+            let mut layer = Layer::defaults();
+            for (s, v) in pairs {
+                layer.set_strs(*s, &[(*v).to_owned()], Origin::CommandLine(*s)).unwrap();
+            }
+            revocation(&layer).map_err(|e| e.to_string())
+        };
+        use Setting::*;
+        let r = with(&[(RevocationStore, "redis://:hunter2@redis.example:6380")]).unwrap();
+        assert_eq!(r.store.as_ref().unwrap().address, "redis.example:6380");
+        assert!(!format!("{r:?}").contains("hunter2"), "the Debug of the config hides the password");
+        let e = with(&[(RevocationStore, "http://:hunter2@redis.example")]).unwrap_err();
+        assert!(
+            e.contains("--revocation-store") && e.contains("redis:// or rediss://") && !e.contains("hunter2"),
+            "{e}"
+        );
+        let e = with(&[(RevocationStoreRequired, "true")]).unwrap_err();
+        assert!(e.contains("--revocation-store-required") && e.contains("requires a shared store"), "{e}");
+        let e = with(&[(RevocationStorePassword, "p")]).unwrap_err();
+        assert!(e.contains("without --revocation-store") && !e.contains(": p"), "{e}");
+        let e = with(&[(RevocationRetention, "30s")]).unwrap_err();
+        assert!(e.contains("--revocation-retention"), "{e}");
+        let e = with(&[(RevocationMaxEntries, "0")]).unwrap_err();
+        assert!(e.contains("--revocation-max-entries"), "{e}");
+        let e = with(&[(RevocationStore, "redis://r"), (RevocationStoreOutageLimit, "500ms")]).unwrap_err();
+        assert!(e.contains("at least 1s"), "{e}");
+        let r = with(&[
+            (RevocationStore, "rediss://r"),
+            (RevocationStoreRequired, "true"),
+            (RevocationStorePassword, " s3 "),
+        ])
+        .unwrap();
+        assert!(r.settings.store_required && r.password == Some(Secret("s3".into())));
+        assert_eq!(format!("{:?}", r.password), "Some(Secret(..))");
     }
 }

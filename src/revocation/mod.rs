@@ -11,7 +11,18 @@
 //! `REASON_SESSION_REVOKED`.
 //!
 //! This module holds the data that crosses those boundaries; the index, the
-//! store and the webhook endpoint build on it.
+//! store and the webhook endpoint build on it:
+//!
+//! - [`index`]: what this replica refuses (lock-free reads, bounded, swept
+//!   after the retention), asked by [`crate::verify::Verifier`];
+//! - [`store`]: the [`store::Store`] trait (append, read from a position)
+//!   and its implementations, in-process and Redis Streams;
+//! - [`service`]: [`service::RevocationService`], which implements
+//!   [`Record`], follows the store, sweeps, and tells readiness.
+
+pub mod index;
+pub mod service;
+pub mod store;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -113,6 +124,10 @@ pub enum RecordError {
     /// The index is full and the event could not be kept.
     #[error("the revocation index is full ({0} entries)")]
     Full(usize),
+    /// The event itself cannot be recorded (an empty id, or one longer than
+    /// [`index::MAX_ID_BYTES`]): a 4xx for the webhook, no retry.
+    #[error("the event cannot be recorded: {0}")]
+    Invalid(String),
 }
 
 /// Where accepted events go: the webhook endpoint and the `revoke` admin

@@ -135,6 +135,9 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     for issuer in &report.issuers {
         let _ = writeln!(body, "issuer {}: {}", issuer.issuer, issuer.state);
     }
+    for condition in &report.conditions {
+        let _ = writeln!(body, "{}: {}", condition.name, condition.state);
+    }
     if report.draining {
         body.push_str("draining (shutting down)\n");
     }

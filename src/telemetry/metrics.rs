@@ -20,6 +20,14 @@
 //! | `clerk_introspect_request_bytes_buffered_max` | gauge | none |
 //! | `clerk_introspect_calls_refused_total` | counter | `limit` |
 //! | `clerk_introspect_build_info` | gauge | `version` |
+//! | `clerk_introspect_revocations_applied_total` | counter | `kind`, `source` |
+//! | `clerk_introspect_revocation_entries` | gauge | none |
+//! | `clerk_introspect_revocation_entries_max` | gauge | none |
+//! | `clerk_introspect_revocation_events_deduplicated_total` | counter | none |
+//! | `clerk_introspect_revocation_events_not_applied_total` | counter | `reason` |
+//! | `clerk_introspect_revocation_store_up` | gauge | none |
+//! | `clerk_introspect_revocation_store_errors_total` | counter | `op` |
+//! | `clerk_introspect_revocation_store_lag_seconds` | histogram | none |
 //! | `clerk_introspect_webhooks_total` | counter | `event_type`, `result` |
 //!
 //! Labels are bounded: `rpc` and `reason` are fixed strings, `issuer` is
@@ -351,6 +359,123 @@ pub trait LimitUse: Send + Sync + std::fmt::Debug {
     fn max_request_bytes(&self) -> usize;
 }
 
+/// Store lag buckets, in seconds: from 1 ms (loopback Redis) to 30 s
+/// (a replica catching up after an outage).
+pub const STORE_LAG_BUCKETS: [f64; 14] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// Labels of [`RevocationMetrics::applied`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AppliedLabels {
+    /// `session`, `user`, `membership` or `organization`.
+    pub kind: &'static str,
+    /// `record` (a webhook or this replica's own record call) or `store`
+    /// (read from the shared store: another replica's event, or the replay).
+    pub source: &'static str,
+}
+
+/// Labels of [`RevocationMetrics::not_applied`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotAppliedLabels {
+    /// `full` (the index is full), `invalid` (an entry that is not an event,
+    /// or whose ids are out of bounds) or `expired` (older than the retention).
+    pub reason: &'static str,
+}
+
+/// Labels of [`RevocationMetrics::store_errors`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoreOpLabels {
+    /// `append` or `read`.
+    pub op: &'static str,
+}
+
+/// The revocation service's metrics (handles into the app's registry).
+#[derive(Clone, Debug)]
+pub struct RevocationMetrics {
+    /// Revocations applied on this replica, by kind and source.
+    pub applied: Family<AppliedLabels, Counter>,
+    /// Entries in the index.
+    pub entries: Gauge,
+    /// `--revocation-max-entries`.
+    pub entries_max: Gauge,
+    /// Events recorded again under an id already applied and stored.
+    pub deduplicated: Counter,
+    /// Events not applied, by reason.
+    pub not_applied: Family<NotAppliedLabels, Counter>,
+    /// 1 while the store answers, 0 while it does not.
+    pub store_up: Gauge,
+    /// Store calls that failed, by operation.
+    pub store_errors: Family<StoreOpLabels, Counter>,
+    /// From the store's append to the event applied on this replica.
+    pub store_lag: Histogram,
+}
+
+impl RevocationMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let applied = Family::<AppliedLabels, Counter>::default();
+        for kind in ["session", "user", "membership", "organization"] {
+            for source in ["record", "store"] {
+                let _ = applied.get_or_create(&AppliedLabels { kind, source });
+            }
+        }
+        registry.register(
+            "revocations_applied",
+            "Revocations applied on this replica, by kind (session, user, membership, organization) and source (record: a webhook or revoke on this replica; store: read from the shared store)",
+            applied.clone(),
+        );
+        let entries = Gauge::default();
+        registry.register(
+            "revocation_entries",
+            "Revocation entries held (sessions, users, memberships, organizations)",
+            entries.clone(),
+        );
+        let entries_max = Gauge::default();
+        registry.register(
+            "revocation_entries_max",
+            "Most revocation entries held (--revocation-max-entries); when full, new revocations are refused (the webhook answers 5xx)",
+            entries_max.clone(),
+        );
+        let deduplicated = Counter::default();
+        registry.register(
+            "revocation_events_deduplicated",
+            "Revocation events recorded again under an id already applied and stored (Svix redeliveries): nothing changed",
+            deduplicated.clone(),
+        );
+        let not_applied = Family::<NotAppliedLabels, Counter>::default();
+        for reason in ["full", "invalid", "expired"] {
+            let _ = not_applied.get_or_create(&NotAppliedLabels { reason });
+        }
+        registry.register(
+            "revocation_events_not_applied",
+            "Revocation events not applied, by reason (full: the index is full; invalid: not an event or ids out of bounds; expired: older than the retention)",
+            not_applied.clone(),
+        );
+        let store_up = Gauge::default();
+        registry.register(
+            "revocation_store_up",
+            "1 while the revocation store answers (always 1 for the in-process store), 0 while it does not",
+            store_up.clone(),
+        );
+        let store_errors = Family::<StoreOpLabels, Counter>::default();
+        for op in ["append", "read"] {
+            let _ = store_errors.get_or_create(&StoreOpLabels { op });
+        }
+        registry.register(
+            "revocation_store_errors",
+            "Revocation store calls that failed, by operation (append, read)",
+            store_errors.clone(),
+        );
+        let store_lag = Histogram::new(STORE_LAG_BUCKETS);
+        registry.register_with_unit(
+            "revocation_store_lag",
+            "Time from an event's append to the shared store to its application on this replica (other replicas' events and the replay)",
+            Unit::Seconds,
+            store_lag.clone(),
+        );
+        Self { applied, entries, entries_max, deduplicated, not_applied, store_up, store_errors, store_lag }
+    }
+}
+
 /// The metrics of one [`crate::app::App`].
 pub struct Metrics {
     registry: Registry,
@@ -366,6 +491,7 @@ pub struct Metrics {
     refused: Family<RefusalLabels, Counter>,
     webhooks: Family<WebhookLabels, Counter>,
     limits: Arc<LimitGauges>,
+    revocation: RevocationMetrics,
     otel: Option<OtelInstruments>,
     /// Each RPC's in-flight gauge and latency histogram, looked up in their
     /// families once (on the RPC's first call) instead of on every call.
@@ -456,8 +582,10 @@ impl Metrics {
         );
         let limits = Arc::new(LimitGauges::default());
         registry.register_collector(Box::new(limits.clone()));
+        let revocation = RevocationMetrics::register(&mut registry);
         let otel = meter.map(|m| OtelInstruments::new(m, &keys, &connections));
         Self {
+            revocation,
             registry,
             verifications,
             duration,
@@ -501,6 +629,11 @@ impl Metrics {
     /// connections are not exported; its closes are).
     pub fn admin_connections(&self) -> TableMetrics {
         TableMetrics { open: Gauge::default(), closed_by_server: self.closed_by_server.clone() }
+    }
+
+    /// The revocation service's metrics.
+    pub fn revocation(&self) -> RevocationMetrics {
+        self.revocation.clone()
     }
 
     /// The metrics of the webhook port's connection table (its open

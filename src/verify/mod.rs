@@ -14,7 +14,10 @@
 //!    session status, `azp`, `aud`, `role`, narrowed by the call's
 //!    [`Expectations`].
 //!
-//! Steps 1–5 produce a [`VerifiedToken`]; step 6 runs on every call.
+//! 7. revocation ([`crate::revocation::index`]): the token's session, user
+//!    (by `iat`), membership or organization (by `iat`) was revoked.
+//!
+//! Steps 1–5 produce a [`VerifiedToken`]; steps 6 and 7 run on every call.
 //! With a [`cache::TokenCache`], step 5 is skipped for a token whose exact
 //! bytes already verified with the very key step 4 chose.
 
@@ -33,6 +36,7 @@ use arc_swap::ArcSwap;
 use crate::clock::Clock;
 use crate::keys::jwk::{Algorithm, VerificationKey};
 use crate::keys::{IssuerKeys, KeyMatch, KeySet};
+use crate::revocation::index::{Index, TokenFacts};
 use cache::{TokenCache, TokenDigest};
 pub use claims::Claims;
 pub use policy::{Policy, TokenKinds};
@@ -130,6 +134,9 @@ pub struct Verifier {
     trust: ArcSwap<Trust>,
     clock: Arc<dyn Clock>,
     cache: Option<TokenCache>,
+    /// Revoked sessions, users, memberships and organizations, asked on
+    /// every call (cache hits included) once the policy passed.
+    revocations: Option<Arc<Index>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -153,7 +160,19 @@ impl Verifier {
 
     /// A verifier with the given token cache (`None`: no cache).
     pub fn with_cache(trust: Trust, clock: Arc<dyn Clock>, cache: Option<TokenCache>) -> Self {
-        Self { trust: ArcSwap::from_pointee(trust), clock, cache }
+        Self { trust: ArcSwap::from_pointee(trust), clock, cache, revocations: None }
+    }
+
+    /// The same verifier, refusing what `index` says is revoked (on every
+    /// call, whether steps 1–5 came from the cache or not).
+    pub fn with_revocations(mut self, index: Arc<Index>) -> Self {
+        self.revocations = Some(index);
+        self
+    }
+
+    /// The revocation index, if one is consulted.
+    pub fn revocations(&self) -> Option<&Arc<Index>> {
+        self.revocations.as_ref()
     }
 
     /// The token cache, if enabled.
@@ -188,6 +207,7 @@ impl Verifier {
         let Some(cache) = &self.cache else {
             let verified = Arc::new(Box::pin(self.verify_steps(&trust, token, None)).await?.0);
             self.check_policy(&trust, &verified, expect)?;
+            self.check_revoked(&verified)?;
             return Ok(verified);
         };
         let digest = TokenDigest::of(token);
@@ -196,6 +216,8 @@ impl Verifier {
             if let Some(issuer) = chosen_issuer(&trust, &hit) {
                 tracing::Span::current().record("cached", true);
                 apply_policy(issuer, &hit.token, expect, now)?;
+                // Never a revoked token from the cache: asked on every hit.
+                self.check_revoked(&hit.token)?;
                 return Ok(hit.token);
             }
             cache.forget_token(&digest);
@@ -208,7 +230,28 @@ impl Verifier {
         cache.insert_token(digest, &verified, had_kid, skew_of(&issuer.policy), now);
         // A fresh reading: an unknown-kid refetch may have taken a while.
         apply_policy(issuer, &verified, expect, self.clock.unix_seconds())?;
+        self.check_revoked(&verified)?;
         Ok(verified)
+    }
+
+    /// Refuses a token that a revocation covers ([`Index::check`]).
+    #[inline]
+    pub fn check_revoked(&self, token: &VerifiedToken) -> Result<(), Rejection> {
+        let Some(index) = &self.revocations else { return Ok(()) };
+        if index.is_empty() {
+            return Ok(());
+        }
+        let c = &token.claims;
+        let facts = TokenFacts {
+            sid: c.sid.as_deref(),
+            sub: c.sub.get().map(String::as_str),
+            iat: c.iat.get().copied(),
+            org_id: c.org.id.as_deref(),
+        };
+        match index.check(&facts) {
+            None => Ok(()),
+            Some(refusal) => Err(rejection::revoked(&refusal)),
+        }
     }
 
     /// Steps 1–5: decode, algorithm, issuer, key, signature.

@@ -7,6 +7,7 @@ use std::fmt;
 
 use super::json;
 use crate::keys::jwk::truncate;
+use crate::revocation::index::{Kind, Refusal};
 
 /// The contract's reasons (the subset a rejection can carry).
 pub use crate::pb::Reason;
@@ -220,6 +221,44 @@ pub(crate) const BAD_SIGNATURE: Rejection = Rejection::new(
     "The token's signature does not verify with its issuer's key: it was altered, or signed by someone else.",
 );
 
+/// A token that a revocation covers ([`crate::revocation::index`]): which
+/// revocation, and when (RFC 3339, UTC).
+pub fn revoked(refusal: &Refusal) -> Rejection {
+    use crate::revocation::Cause::*;
+    let at = humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(refusal.at_ms.min(MAX_DISPLAY_MS)),
+    );
+    let before = "tokens issued before then are refused";
+    let message = match refusal.cause {
+        SessionRevoked => format!("The token's session was revoked in Clerk (session.revoked) at {at}."),
+        SessionEnded => format!("The token's session was ended (Clerk session.ended) at {at}; sign in again."),
+        SessionRemoved => format!("The token's session was removed in Clerk (session.removed) at {at}."),
+        UserDeleted => format!("The token's user was deleted in Clerk (user.deleted) at {at}; {before}."),
+        UserBanned => format!("The token's user was banned in Clerk (user.updated, banned) at {at}; {before}."),
+        UserLocked => format!("The token's user was locked in Clerk (user.updated, locked) at {at}; {before}."),
+        MembershipRemoved => format!(
+            "The token's user was removed from the organization the token names (Clerk organizationMembership.deleted) at {at}; {before}."
+        ),
+        OrganizationDeleted => {
+            format!("The organization the token names was deleted in Clerk (organization.deleted) at {at}; {before}.")
+        }
+        Operator => {
+            let what = match refusal.kind {
+                Kind::Session => "session",
+                Kind::User => "user",
+                Kind::Membership => "user's membership of the organization it names",
+                Kind::Organization => "organization",
+            };
+            let tail = if refusal.kind == Kind::Session { String::new() } else { format!("; {before}") };
+            format!("The token's {what} was revoked by an operator (clerk-introspect revoke) at {at}{tail}.")
+        }
+    };
+    Rejection::with(Reason::SessionRevoked, message)
+}
+
+/// The last millisecond shown as a date (9999-12-31T23:59:59Z).
+const MAX_DISPLAY_MS: u64 = 253_402_300_799_000;
+
 pub(crate) fn is_supabase_auth_issuer(iss: &str) -> bool {
     let Some(rest) = iss.strip_prefix("https://") else {
         return false;
@@ -245,6 +284,22 @@ mod tests {
     #[test]
     fn display_names_the_reason() {
         assert_eq!(BAD_SIGNATURE.to_string().split(':').next(), Some("REASON_BAD_SIGNATURE"));
+    }
+
+    #[test]
+    fn revocations_say_which_and_when() {
+        use crate::revocation::Cause;
+        let at_ms = 1_764_683_013_000;
+        let r = revoked(&Refusal { kind: Kind::Session, cause: Cause::SessionEnded, at_ms });
+        assert_eq!(r.reason, Reason::SessionRevoked);
+        assert_eq!(
+            r.message,
+            "The token's session was ended (Clerk session.ended) at 2025-12-02T13:43:33Z; sign in again."
+        );
+        let r = revoked(&Refusal { kind: Kind::User, cause: Cause::UserBanned, at_ms });
+        assert!(r.message.contains("banned") && r.message.contains("issued before"), "{}", r.message);
+        let r = revoked(&Refusal { kind: Kind::Membership, cause: Cause::Operator, at_ms: u64::MAX });
+        assert!(r.message.contains("by an operator") && r.message.contains("9999-12-31T23:59:59Z"), "{}", r.message);
     }
 
     #[test]

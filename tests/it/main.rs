@@ -16,6 +16,7 @@ mod liveness;
 mod property;
 mod reasons;
 mod reload;
+mod revocation;
 mod runtime;
 mod scratch;
 mod support;

@@ -82,6 +82,30 @@ impl Server {
         Server { addr, channel, clock, app, stop, task }
     }
 
+    /// Starts the server with `config` (which must set `webhook.listen`) and
+    /// its Clerk webhook endpoint wired to the app's revocation service, as
+    /// `serve` does; also returns the webhook's address.
+    pub async fn start_with_webhook(config: Config) -> (Server, SocketAddr) {
+        let clock = Arc::new(ManualClock::starting_now());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().unwrap();
+        let hook = TcpListener::bind(config.webhook.listen.expect("a webhook address")).await.unwrap();
+        let hook_addr = hook.local_addr().unwrap();
+        let app = App::start(&config, Deps { clock: clock.clone(), ..Deps::default() }).expect("app starts");
+        let options = clerk_introspect::ServeOptions {
+            webhook: Some(clerk_introspect::server::webhook::WebhookListener {
+                listener: hook,
+                record: app.revocation.clone(),
+            }),
+            ..clerk_introspect::ServeOptions::default()
+        };
+        let stop = CancellationToken::new();
+        let task =
+            tokio::spawn(clerk_introspect::serve(listener, app.clone(), options, stop.clone().cancelled_owned()));
+        let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect_lazy();
+        (Server { addr, channel, clock, app, stop, task }, hook_addr)
+    }
+
     /// Starts the server trusting one test issuer, and waits until SERVING.
     pub async fn ready(issuer: &TestIssuer) -> Server {
         Self::ready_with(vec![issuer_config(issuer)]).await
