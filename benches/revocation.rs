@@ -175,7 +175,8 @@ use clerk_introspect::service::introspect::IntrospectServer;
 
 /// `message` with its gRPC prefix.
 fn grpc_frame(message: &[u8]) -> bytes::Bytes {
-    [&clerk_introspect::service::unary::message_prefix(message.len() as u32)[..], message].concat().into()
+    // Not compressed, then the length (big-endian u32).
+    [&[0][..], &(message.len() as u32).to_be_bytes(), message].concat().into()
 }
 
 /// One unary call through `service`, checked.

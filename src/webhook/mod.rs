@@ -31,7 +31,7 @@ use http::{HeaderMap, StatusCode};
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::clock::Clock;
-use crate::revocation::{Record, Recorded};
+use crate::revocation::{Record, RecordError, Recorded};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::throttle::LogThrottle;
 use clerk::{EventError, Parsed};
@@ -247,6 +247,11 @@ impl Endpoint {
             }
             Ok(Ok(Recorded::Duplicate)) => {
                 (label, Answer::new(StatusCode::OK, Outcome::Duplicate, format!("duplicate: {label} already recorded")))
+            }
+            Ok(Err(e @ RecordError::Invalid(_))) => {
+                // The event itself cannot be kept (an id no index accepts):
+                // a retry would fail the same way, so no 5xx.
+                (label, Answer::new(StatusCode::BAD_REQUEST, Outcome::Malformed, e.to_string()))
             }
             Ok(Err(e)) => {
                 // The details (the store's own words) go to the log, not to
